@@ -1,0 +1,21 @@
+"""router: a plugin-based notification router for Canvas LMS Live Events and other JSON events.
+
+Plugin authors import everything they need from here::
+
+    from router import hookimpl, Channel, Message, PermanentError, RetryableError
+"""
+
+from router.channels import Channel, DeliveryError, Message, PermanentError, RetryableError
+from router.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Channel",
+    "DeliveryError",
+    "Message",
+    "PermanentError",
+    "RetryableError",
+    "__version__",
+    "hookimpl",
+]

@@ -1,0 +1,146 @@
+"""The channel contract: the base class a channel plugin subclasses, the message it
+receives, and the errors it raises to say whether a failed delivery may be retried."""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Channel",
+    "ChannelConfig",
+    "DeliveryError",
+    "DeliveryOutcome",
+    "Message",
+    "PermanentError",
+    "RetryableError",
+    "retry_after_seconds",
+]
+
+
+class DeliveryError(Exception):
+    """Base class of the errors a channel's ``send`` raises on purpose.
+
+    The text (``str(exc)``) is stored with the delivery and shown in the dead-letter
+    queue, so make it say what the receiver answered; never put secrets in it.
+    """
+
+
+class RetryableError(DeliveryError):
+    """The delivery may succeed later (5xx, 429, timeout, connection refused, SMTP 4xx).
+
+    :param retry_after: seconds the receiver asked us to wait (``Retry-After``), if any.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(DeliveryError):
+    """Retrying cannot help (4xx, bad address, rejected payload): dead-letter at once."""
+
+
+class ChannelConfig(BaseModel):
+    """Base for a channel's config model: unknown keys are errors, so typos surface
+    in ``router validate`` instead of being ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Message(BaseModel):
+    """One rendered notification for one channel, as handed to ``Channel.send``.
+
+    ``key`` is stable across retries and replays (event id + rule + channel): pass it
+    to receivers that can drop repeats (webhooks send it as ``webhook-id``).
+    ``blocks`` holds every block the template defined, rendered (``title``, ``text``,
+    ``html``, ``json``, ``slack_blocks``, ...); ``text`` is the ``text`` block, or the
+    whole template when it defines none.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    event_id: str
+    event_name: str
+    rule: str
+    channel: str
+    attempt: int = 1
+    title: str = ""
+    text: str = ""
+    blocks: dict[str, str] = Field(default_factory=dict)
+    event: dict[str, Any] = Field(default_factory=dict)
+
+
+class Channel:
+    """Base class of every channel type, built-in or third-party.
+
+    Subclasses set ``type`` (the ``type:`` name in rules.yaml) and ``Config`` (a
+    ``ChannelConfig`` subclass), and implement ``send``. One instance exists per
+    channel declared in rules.yaml; ``open`` and ``close`` bracket its life and are
+    the place for a shared HTTP session or client.
+    """
+
+    type: ClassVar[str]
+    Config: ClassVar[type[ChannelConfig]] = ChannelConfig
+
+    def __init__(self, name: str, config: ChannelConfig) -> None:
+        self.name = name
+        self.config = config
+
+    def log_only_reason(self) -> str | None:
+        """Return why this channel cannot really send (e.g. "no url configured"), or None.
+
+        When a reason is given the router logs what it would have sent and records
+        the delivery as ``logged`` instead of calling ``send``: the example rules run
+        on a fresh machine without any credentials.
+        """
+        return None
+
+    async def open(self) -> None:
+        """Acquire resources (sessions, clients) before the first ``send``."""
+
+    async def close(self) -> None:
+        """Release what ``open`` acquired; called once on shutdown or rules reload."""
+
+    async def send(self, message: Message) -> None:
+        """Deliver ``message`` or raise ``RetryableError`` / ``PermanentError``.
+
+        Any other exception counts as retryable and is logged with the plugin's name.
+        """
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """What became of one delivery attempt (passed to the ``delivery_finished`` hook)."""
+
+    key: str
+    event_id: str
+    rule: str
+    channel: str
+    channel_type: str
+    attempt: int
+    status: Literal["delivered", "logged", "retry", "dead"]
+    error: str | None = None
+    retry_in: float | None = None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Parse an HTTP ``Retry-After`` header (delta-seconds or HTTP-date) into seconds."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())

@@ -1,0 +1,194 @@
+"""The ``router`` command line: serve, validate, plugins."""
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from aiohttp import web
+from pydantic import ValidationError
+
+from router import __version__
+from router.app import build_router, create_app
+from router.config_source import ConfigErrors
+from router.logs import setup_logging
+from router.plugins import Plugins, load_plugins
+from router.redact import Redactor
+from router.settings import Settings
+
+log = logging.getLogger("router")
+
+
+def _settings(**options: Any) -> Settings:
+    """CLI options override ``ROUTER_*`` environment variables, which override defaults."""
+    given = {key: value for key, value in options.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False, include_url=False):
+            name = ".".join(str(part) for part in error["loc"])
+            click.echo(f"error: setting {name}: {error['msg']}", err=True)
+        sys.exit(2)
+
+
+def _print_plugin_problems(plugins: Plugins) -> None:
+    for problem in plugins.problems:
+        click.echo(f"warning: {problem}", err=True)
+
+
+def _env(name: str) -> str:
+    return f"[env: ROUTER_{name.upper()}]"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="router")
+def cli() -> None:
+    """A plugin-based notification router for Canvas LMS Live Events and other JSON events.
+
+    Every option of `serve` can also be set through the environment variable shown
+    beside it; the command line wins over the environment.
+    """
+
+
+@cli.command()
+@click.option("--rules", type=click.Path(path_type=Path), help=f"Rules file. {_env('rules')}")
+@click.option(
+    "--templates", type=click.Path(path_type=Path), help=f"Templates dir. {_env('templates')}"
+)
+@click.option("--db", help=f"Store: a SQLite file (default router.db). {_env('db')}")
+@click.option("--host", help=f"Listen address (default 127.0.0.1). {_env('host')}")
+@click.option("--port", type=int, help=f"Listen port (default 8080). {_env('port')}")
+@click.option(
+    "--plugins-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help=f"Directory of drop-in plugin .py files. {_env('plugins_dir')}",
+)
+@click.option("--log-level", help=f"DEBUG, INFO, WARNING, ERROR. {_env('log_level')}")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "text"]),
+    help=f"Log lines as JSON or text (auto: text on a terminal). {_env('log_format')}",
+)
+def serve(**options: Any) -> None:
+    """Run the service: POST /events, /healthz, /readyz.
+
+    \b
+    Other settings, environment only:
+      ROUTER_INGEST_TOKEN    bearer token required on POST /events
+      ROUTER_JWKS_URL        JWKS for Canvas signed (JWT) deliveries
+      ROUTER_JWT_AUDIENCE / ROUTER_JWT_ISSUER / ROUTER_REQUIRE_SIGNED
+      ROUTER_MAX_BODY_BYTES (1 MiB)  ROUTER_MAX_BATCH_ITEMS (1000)
+      ROUTER_DEDUPE_WINDOW (86400 s)  ROUTER_MAX_ATTEMPTS (10)  ROUTER_MAX_AGE (86400 s)
+      ROUTER_BACKOFF_BASE (1 s)  ROUTER_BACKOFF_CAP (600 s)  ROUTER_SHUTDOWN_GRACE (10 s)
+      ROUTER_SQLITE_SYNCHRONOUS (FULL|NORMAL)  ROUTER_PLUGINS_BLOCK (JSON list)
+      ROUTER_TRACE_PLUGINS=1 logs every hook call
+    """
+    settings = _settings(**options)
+    setup_logging(settings.log_level, settings.log_format, Redactor())
+    plugins = load_plugins(plugins_dir=settings.plugins_dir, blocked=settings.plugins_block)
+    try:
+        app = create_app(settings, plugins=plugins)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            click.echo(str(error), err=True)
+        click.echo(f"{len(exc.errors)} error(s) in {settings.rules}; not starting.", err=True)
+        sys.exit(1)
+    _startup_summary(settings, app)
+    try:
+        import uvloop  # optional speed-up
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    runner_kwargs: dict[str, Any] = {}
+    if loop_factory is not None:
+        runner_kwargs["loop"] = loop_factory()
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_grace,
+        access_log=None,
+        print=None,
+        **runner_kwargs,
+    )
+    log.info("stopped")
+
+
+def _startup_summary(settings: Settings, app: web.Application) -> None:
+    from router.appkeys import PLUGINS, ROUTER
+    from router.logs import update_redactor
+
+    rules = app[ROUTER].rules
+    update_redactor(Redactor(rules.secrets))
+    log_only = []
+    for name, channel in rules.channels.items():
+        instance = channel.type.cls(name, channel.config)
+        reason = "log_only: true" if channel.options.log_only else instance.log_only_reason()
+        if reason:
+            log_only.append(f"{name} ({reason})")
+    log.info(
+        "router %s listening on http://%s:%s",
+        __version__,
+        settings.host,
+        settings.port,
+        extra={
+            "store": settings.db,
+            "rules_file": str(settings.rules),
+            "rules": len(rules.rules),
+            "channels": ", ".join(f"{n}:{c.type.name}" for n, c in rules.channels.items()),
+            "plugins": ", ".join(info.name for info in app[PLUGINS].infos),
+            "log_only": ", ".join(log_only) or "none",
+        },
+    )
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path), default=None, required=False)
+@click.option("--templates", type=click.Path(path_type=Path), help="Templates dir.")
+@click.option("--plugins-dir", type=click.Path(path_type=Path, file_okay=False))
+def validate(file: Path | None, templates: Path | None, plugins_dir: Path | None) -> None:
+    """Check a rules file (default: rules.yaml) and its templates; exit 1 on any error.
+
+    Every error is printed as file:line:col: path.to.key: message.
+    """
+    settings = _settings(rules=file, templates=templates, plugins_dir=plugins_dir)
+    plugins = load_plugins(plugins_dir=settings.plugins_dir, blocked=settings.plugins_block)
+    _print_plugin_problems(plugins)
+    try:
+        router = build_router(settings, plugins)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            click.echo(str(error))
+        click.echo(f"{len(exc.errors)} error(s)", err=True)
+        sys.exit(1)
+    rules = router.rules
+    click.echo(f"{settings.rules}: OK ({len(rules.rules)} rules, {len(rules.channels)} channels)")
+
+
+@cli.command()
+@click.option("--plugins-dir", type=click.Path(path_type=Path, file_okay=False))
+def plugins(plugins_dir: Path | None) -> None:
+    """List loaded plugins with their versions, hooks and channel types."""
+    settings = _settings(plugins_dir=plugins_dir)
+    loaded = load_plugins(plugins_dir=settings.plugins_dir, blocked=settings.plugins_block)
+    for info in loaded.infos:
+        channels = [t.name for t in loaded.channel_types.values() if t.plugin == info.name]
+        click.echo(f"{info.name} {info.version or '-'}  ({info.source})")
+        click.echo(f"    hooks: {', '.join(info.hooks) or 'none'}")
+        if channels:
+            click.echo(f"    channel types: {', '.join(channels)}")
+    for problem in loaded.problems:
+        click.echo(f"FAILED {problem}")
+    if loaded.problems:
+        sys.exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,292 @@
+"""The dispatcher: attempts due deliveries through their channels, with a concurrency
+limit per channel, timeouts, retries with exponential backoff and full jitter
+(honouring ``Retry-After``), and dead letters for what cannot be delivered."""
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+
+from router.channels import Channel, DeliveryOutcome, Message, PermanentError, RetryableError
+from router.plugins import Plugins
+from router.redact import Redactor
+from router.rules import ChannelDef
+from router.store import DeliveryJob, Store
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to try again and when to give up."""
+
+    max_attempts: int = 10
+    max_age: float = 86400.0
+    base: float = 1.0
+    cap: float = 600.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))], but never sooner
+        than the receiver's ``Retry-After``."""
+        backoff = rng.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
+        if retry_after is not None:
+            return max(backoff, min(retry_after, self.max_age))
+        return backoff
+
+
+@dataclass
+class ChannelRuntime:
+    """A live channel: its definition, its instance and how many sends are in flight."""
+
+    definition: ChannelDef
+    instance: Channel
+    broken: str | None = None
+    inflight: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+
+async def open_channels(definitions: dict[str, ChannelDef]) -> dict[str, ChannelRuntime]:
+    """Instantiate and open every channel; a plugin that fails here is isolated: its
+    deliveries fail (and are retried) while the other channels work."""
+    runtimes = {}
+    for name, definition in definitions.items():
+        plugin = definition.type.plugin
+        try:
+            instance = definition.type.cls(name, definition.config)
+            await instance.open()
+            runtimes[name] = ChannelRuntime(definition, instance)
+        except Exception as exc:
+            log.exception("channel failed to open", extra={"channel": name, "plugin": plugin})
+            runtimes[name] = ChannelRuntime(
+                definition,
+                Channel(name, definition.config),
+                broken=f"channel plugin {plugin!r} failed to open: {type(exc).__name__}: {exc}",
+            )
+    return runtimes
+
+
+async def close_channels(runtimes: dict[str, ChannelRuntime]) -> None:
+    """Close every channel, logging (not raising) plugin failures."""
+    for runtime in runtimes.values():
+        if runtime.broken:
+            continue
+        try:
+            await runtime.instance.close()
+        except Exception:
+            log.exception(
+                "channel failed to close",
+                extra={"channel": runtime.name, "plugin": runtime.definition.type.plugin},
+            )
+
+
+class Dispatcher:
+    """Background task that drives every delivery to an outcome."""
+
+    def __init__(
+        self,
+        store: Store,
+        plugins: Plugins,
+        policy: RetryPolicy,
+        redactor: Callable[[], Redactor],
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.plugins = plugins
+        self.policy = policy
+        self.redactor = redactor
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.channels: dict[str, ChannelRuntime] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Called when deliveries were created or a slot freed up."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and attempt due deliveries until ``drain`` is called."""
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self._claim_round()
+                due = await self.store.next_due()
+            except Exception:
+                log.exception("dispatcher round failed; retrying in 1s")
+                due = None
+            now = self.clock()
+            timeout = POLL_SECONDS if due is None or due <= now else min(POLL_SECONDS, due - now)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            except TimeoutError:
+                pass
+
+    async def _claim_round(self) -> None:
+        for runtime in list(self.channels.values()):
+            free = runtime.definition.options.concurrency - runtime.inflight
+            if free <= 0 or self._stopping:
+                continue
+            lease = runtime.definition.options.timeout + 30.0
+            jobs = await self.store.claim_deliveries(
+                runtime.name, free, lease=lease, now=self.clock()
+            )
+            for job in jobs:
+                runtime.inflight += 1
+                task = asyncio.create_task(self._attempt(runtime, job))
+                runtime.tasks.add(task)
+                task.add_done_callback(runtime.tasks.discard)
+
+    async def drain(self, grace: float) -> None:
+        """Stop claiming, give in-flight sends ``grace`` seconds, then cancel the rest:
+        their jobs stay in the store and resume on the next start."""
+        self._stopping = True
+        self._wake.set()
+        tasks = [task for runtime in self.channels.values() for task in runtime.tasks]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if pending:
+            log.warning("shutdown: %d deliveries left for the next start", len(pending))
+
+    async def _attempt(self, runtime: ChannelRuntime, job: DeliveryJob) -> None:
+        try:
+            await self._attempt_unguarded(runtime, job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("recording a delivery outcome failed", extra={"key": job.key})
+        finally:
+            runtime.inflight -= 1
+            self._wake.set()
+
+    async def _attempt_unguarded(self, runtime: ChannelRuntime, job: DeliveryJob) -> None:
+        definition = runtime.definition
+        plugin = definition.type.plugin
+        attempt = job.attempts + 1
+        rendered = orjson.loads(job.message)
+        message = Message(
+            key=job.key,
+            event_id=job.event_id,
+            event_name=job.event_name,
+            rule=job.rule,
+            channel=job.channel,
+            attempt=attempt,
+            title=rendered.get("title", ""),
+            text=rendered.get("text", ""),
+            blocks=rendered.get("blocks", {}),
+            event=orjson.loads(job.event),
+        )
+        error: str | None = None
+        retry_after: float | None = None
+        permanent = False
+        log_only = "log_only: true" if definition.options.log_only else None
+        log_only = log_only or (None if runtime.broken else runtime.instance.log_only_reason())
+        if runtime.broken:
+            error = runtime.broken
+        elif log_only:
+            log.info(
+                "log-only channel: would send",
+                extra={
+                    "channel": job.channel,
+                    "rule": job.rule,
+                    "key": job.key,
+                    "reason": log_only,
+                    "title": message.title,
+                    "text": message.text,
+                },
+            )
+        else:
+            try:
+                await asyncio.wait_for(runtime.instance.send(message), definition.options.timeout)
+            except RetryableError as exc:
+                error, retry_after = str(exc) or type(exc).__name__, exc.retry_after
+            except PermanentError as exc:
+                error, permanent = str(exc) or type(exc).__name__, True
+            except TimeoutError:
+                error = f"timed out after {definition.options.timeout:g}s"
+            except Exception as exc:
+                log.exception(
+                    "channel plugin raised", extra={"plugin": plugin, "channel": job.channel}
+                )
+                error = f"channel plugin {plugin!r} raised {type(exc).__name__}: {exc}"
+        await self._record(runtime, job, attempt, error, retry_after, permanent, bool(log_only))
+
+    async def _record(
+        self,
+        runtime: ChannelRuntime,
+        job: DeliveryJob,
+        attempt: int,
+        error: str | None,
+        retry_after: float | None,
+        permanent: bool,
+        logged: bool,
+    ) -> None:
+        now = self.clock()
+        retry_in = None
+        if error is None:
+            status = "logged" if logged else "delivered"
+            await self.store.finish_delivery(job.id, status, attempts=attempt, now=now)
+        else:
+            error = self.redactor()(error)
+            max_attempts = runtime.definition.options.max_attempts or self.policy.max_attempts
+            retry_in = self.policy.delay(attempt, retry_after, self.rng)
+            too_old = now + retry_in - job.created_at > self.policy.max_age
+            if permanent or attempt >= max_attempts or too_old:
+                status = "dead"
+                if not permanent:
+                    error = f"gave up after {attempt} attempt(s): {error}"
+                retry_in = None
+                await self.store.finish_delivery(
+                    job.id, "dead", attempts=attempt, now=now, error=error
+                )
+            else:
+                status = "retry"
+                await self.store.finish_delivery(
+                    job.id,
+                    "pending",
+                    attempts=attempt,
+                    now=now,
+                    next_attempt_at=now + retry_in,
+                    error=error,
+                )
+        outcome = DeliveryOutcome(
+            key=job.key,
+            event_id=job.event_id,
+            rule=job.rule,
+            channel=job.channel,
+            channel_type=runtime.definition.type.name,
+            attempt=attempt,
+            status=status,  # type: ignore[arg-type]
+            error=error,
+            retry_in=retry_in,
+        )
+        level = logging.WARNING if status in ("retry", "dead") else logging.INFO
+        log.log(
+            level,
+            f"delivery {status}",
+            extra={
+                "event_id": job.event_id,
+                "rule": job.rule,
+                "channel": job.channel,
+                "key": job.key,
+                "attempt": attempt,
+                "error": error,
+                "retry_in": None if retry_in is None else round(retry_in, 3),
+            },
+        )
+        self.plugins.delivery_finished(outcome)

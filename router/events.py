@@ -1,0 +1,198 @@
+"""Incoming events: the tolerant envelope model, request-body parsing and event identity.
+
+Canvas Live Events are ``{"metadata": {...}, "body": {...}}``. Fields come and go,
+so the models keep every unknown field; only a payload that is not a JSON object or
+has no ``metadata.event_name`` is rejected.
+"""
+
+import hashlib
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "BadRequest",
+    "Event",
+    "EventMetadata",
+    "InvalidEvents",
+    "ItemError",
+    "ParsedEvent",
+    "TooManyItems",
+    "event_identity",
+    "parse_body",
+    "parse_timestamp",
+]
+
+_SPACED_OFFSET = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2}(?:\.\d+)?) ?([+-]\d{2}):?(\d{2})$"
+)
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """Parse every timestamp form Canvas emits; return None for null or unparsable input.
+
+    Handles ISO 8601 with ``Z`` or any offset and Canvas' ``2019-11-05 07:38:00 -0800``.
+    Never raises: a strange timestamp must not cost us the event.
+    """
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        pass
+    match = _SPACED_OFFSET.match(text)
+    if match:
+        date, time, hours, minutes = match.groups()
+        try:
+            return datetime.fromisoformat(f"{date}T{time}{hours}:{minutes}")
+        except ValueError:
+            return None
+    return None
+
+
+LenientTimestamp = Annotated[datetime | None, BeforeValidator(parse_timestamp)]
+
+
+class EventMetadata(BaseModel):
+    """Canvas event metadata. Only ``event_name`` is required; unknown fields are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event_name: str = Field(min_length=1)
+    event_time: LenientTimestamp = None
+    time_zone: str | None = None
+    hostname: str | None = None
+    request_id: str | None = None
+    context_id: str | None = None
+    context_type: str | None = None
+    user_id: str | None = None
+
+
+class Event(BaseModel):
+    """A Canvas-style event envelope. ``body`` may be absent or null (treated as empty)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    metadata: EventMetadata
+    body: Annotated[dict[str, Any], BeforeValidator(lambda v: {} if v is None else v)] = Field(
+        default_factory=dict
+    )
+
+    @property
+    def name(self) -> str:
+        """The event name (``metadata.event_name``)."""
+        return self.metadata.event_name
+
+
+class ParsedEvent(BaseModel):
+    """An accepted event, ready to store: its identity, name and canonical JSON."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    payload: bytes
+
+
+class ItemError(BaseModel):
+    """One problem with one item of a request body."""
+
+    index: int
+    field: str
+    message: str
+
+
+class BadRequest(Exception):
+    """The body cannot be read at all (HTTP 400): malformed JSON or NDJSON."""
+
+
+class InvalidEvents(Exception):
+    """Valid JSON that is not a valid event or batch (HTTP 422), every problem listed."""
+
+    def __init__(self, errors: list[ItemError]) -> None:
+        super().__init__("; ".join(f"[{e.index}] {e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+
+class TooManyItems(Exception):
+    """A batch with more items than allowed (HTTP 413)."""
+
+
+def canonical_json(event: dict[str, Any]) -> bytes:
+    """Serialise an event with sorted keys and no whitespace: equal events, equal bytes."""
+    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+
+
+def event_identity(canonical: bytes) -> str:
+    """The event id: a hash of the canonical event (Canvas' request_id is not unique)."""
+    return hashlib.sha256(canonical).hexdigest()[:32]
+
+
+def _loads(data: bytes, where: str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(
+            f"malformed JSON{where} at line {exc.lineno} column {exc.colno} (char {exc.pos}): "
+            f"{exc.msg}"
+        ) from None
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(event)"
+
+
+def _validate(index: int, item: Any) -> tuple[ParsedEvent | None, list[ItemError]]:
+    if not isinstance(item, dict):
+        message = f"an event must be a JSON object, got {type(item).__name__}"
+        return None, [ItemError(index=index, field="(event)", message=message)]
+    try:
+        Event.model_validate(item)
+    except ValidationError as exc:
+        errors = [
+            ItemError(
+                index=index,
+                field=_field(err["loc"]),
+                message="is required" if err["type"] == "missing" else err["msg"],
+            )
+            for err in exc.errors(include_input=False, include_url=False)
+        ]
+        return None, errors
+    canonical = canonical_json(item)
+    return ParsedEvent(
+        id=event_identity(canonical), name=item["metadata"]["event_name"], payload=canonical
+    ), []
+
+
+def parse_body(data: bytes, *, ndjson: bool, max_items: int) -> list[ParsedEvent]:
+    """Parse a request body: one event, a JSON array of events, or NDJSON.
+
+    All or nothing: raises ``BadRequest`` (unreadable), ``TooManyItems`` or
+    ``InvalidEvents`` listing every bad item by index and field.
+    """
+    if ndjson:
+        lines = [line for line in data.splitlines() if line.strip()]
+        items = [_loads(line, f" on line {n}") for n, line in enumerate(lines, start=1)]
+    else:
+        parsed = _loads(data, "")
+        items = parsed if isinstance(parsed, list) else [parsed]
+    if not items:
+        raise InvalidEvents([ItemError(index=0, field="(body)", message="no events in body")])
+    if len(items) > max_items:
+        raise TooManyItems(f"batch has {len(items)} events; the limit is {max_items}")
+    accepted: list[ParsedEvent] = []
+    errors: list[ItemError] = []
+    for index, item in enumerate(items):
+        event, item_errors = _validate(index, item)
+        errors.extend(item_errors)
+        if event is not None:
+            accepted.append(event)
+    if errors:
+        raise InvalidEvents(errors)
+    return accepted

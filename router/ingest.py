@@ -1,0 +1,145 @@
+"""``POST /events``: authenticate, read, parse, store durably, then answer 202.
+
+Accepted bodies: one event object, a JSON array of events, NDJSON
+(``application/x-ndjson``), or a Canvas signed delivery (a JWT, RS256) whose claims
+are the event. Every rejection says exactly what was wrong.
+"""
+
+import hmac
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from router.appkeys import DRAINING, JWKS, ROUTING, SETTINGS, STORE
+from router.canvas_jwt import JwtError
+from router.events import (
+    BadRequest,
+    InvalidEvents,
+    ParsedEvent,
+    TooManyItems,
+    parse_body,
+)
+
+log = logging.getLogger(__name__)
+
+JSON_TYPES = {"application/json", "text/json", ""}
+NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl"}
+JWT_TYPES = {"application/jwt", "application/jose", "text/plain"}
+
+
+def problem(status: int, message: str, **extra: object) -> web.Response:
+    """A JSON error answer: ``{"error": message, ...}``."""
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def _looks_like_jwt(data: bytes) -> bool:
+    return data[:3] == b"eyJ" and data.count(b".") == 2 and b"{" not in data
+
+
+async def _read(request: web.Request, limit: int) -> bytes | web.Response:
+    if request.content_length is not None and request.content_length > limit:
+        return problem(413, f"body is {request.content_length} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            return problem(413, f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _authorized(request: web.Request) -> bool:
+    token = request.app[SETTINGS].ingest_token
+    if token is None:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    expected = token.get_secret_value().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+
+
+async def _events_from(request: web.Request, data: bytes) -> list[ParsedEvent] | web.Response:
+    settings = request.app[SETTINGS]
+    ctype = request.content_type.lower() if request.headers.get("Content-Type") else ""
+    if ctype in JWT_TYPES or (ctype in JSON_TYPES and _looks_like_jwt(data.strip())):
+        verifier = request.app[JWKS]
+        if verifier is None:
+            return problem(401, "signed (JWT) delivery received but ROUTER_JWKS_URL is not set")
+        try:
+            claims = await verifier.verify(data.strip().decode("ascii", "replace"))
+        except JwtError as exc:
+            return problem(401, f"signature rejected: {exc}")
+        return parse_body_or_error(_claims_bytes(claims), ndjson=False, max_items=1)
+    if settings.require_signed:
+        return problem(401, "only signed (JWT) deliveries are accepted")
+    if ctype in NDJSON_TYPES:
+        return parse_body_or_error(data, ndjson=True, max_items=settings.max_batch_items)
+    if ctype in JSON_TYPES or ctype.endswith("+json"):
+        return parse_body_or_error(data, ndjson=False, max_items=settings.max_batch_items)
+    return problem(
+        415,
+        f"unsupported content type {ctype!r}; send application/json,"
+        " application/x-ndjson or application/jwt",
+    )
+
+
+def _claims_bytes(claims: dict[str, Any]) -> bytes:
+    # Registered JWT claims are transport, not part of the event.
+    event = {k: v for k, v in claims.items() if k not in {"iat", "exp", "nbf", "iss", "aud", "jti"}}
+    return orjson.dumps(event)
+
+
+def parse_body_or_error(
+    data: bytes, *, ndjson: bool, max_items: int
+) -> list[ParsedEvent] | web.Response:
+    """Parse a body, turning each failure into its HTTP answer."""
+    try:
+        return parse_body(data, ndjson=ndjson, max_items=max_items)
+    except BadRequest as exc:
+        return problem(400, str(exc))
+    except TooManyItems as exc:
+        return problem(413, str(exc))
+    except InvalidEvents as exc:
+        return problem(
+            422,
+            "invalid event(s); nothing was stored",
+            errors=[error.model_dump() for error in exc.errors],
+        )
+
+
+async def post_events(request: web.Request) -> web.Response:
+    """Accept events; 202 only once they are durable."""
+    app = request.app
+    if app[DRAINING].is_set():
+        return web.json_response(
+            {"error": "shutting down; retry later"}, status=503, headers={"Retry-After": "5"}
+        )
+    if not _authorized(request):
+        return web.json_response(
+            {"error": "missing or wrong bearer token"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="router"'},
+        )
+    data = await _read(request, app[SETTINGS].max_body_bytes)
+    if isinstance(data, web.Response):
+        return data
+    events = await _events_from(request, data)
+    if isinstance(events, web.Response):
+        return events
+    accepted = await app[STORE].accept_events(
+        [(e.id, e.name, e.payload) for e in events],
+        dedupe_window=app[SETTINGS].dedupe_window,
+        now=time.time(),
+    )
+    app[ROUTING].wake()
+    for event, answer in zip(events, accepted, strict=True):
+        log.info(
+            "event duplicate" if answer.duplicate else "event accepted",
+            extra={"event_id": answer.id, "event_name": event.name},
+        )
+    return web.json_response(
+        {"accepted": [{"id": a.id, "duplicate": a.duplicate} for a in accepted]}, status=202
+    )

@@ -1,0 +1,209 @@
+"""Plugin loading and the typed facade the rest of the router uses to call hooks.
+
+Plugins come from three places, loaded in this order by ``load_plugins``: the
+``router`` entry-point group (built-in channels use it too), ``.py`` files in
+``--plugins-dir``, and objects passed in by the caller (tests). A plugin that fails
+to import or to register is reported by name and skipped; the others still load.
+"""
+
+import importlib.metadata
+import importlib.util
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from router import hookspecs
+from router.channels import Channel, ChannelConfig, DeliveryOutcome
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "router"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """What ``router plugins`` shows about one loaded plugin."""
+
+    name: str
+    source: str
+    version: str | None
+    hooks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ChannelType:
+    """A registered channel type and the plugin that provided it."""
+
+    name: str
+    cls: type[Channel]
+    plugin: str
+
+
+@dataclass(frozen=True)
+class PluginProblem:
+    """A plugin that could not be loaded or registered, and why."""
+
+    plugin: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"plugin {self.plugin!r}: {self.message}"
+
+
+@dataclass
+class Plugins:
+    """The loaded plugins: registered channel types and filters, and the hook caller."""
+
+    manager: pluggy.PluginManager
+    infos: list[PluginInfo] = field(default_factory=list)
+    channel_types: dict[str, ChannelType] = field(default_factory=dict)
+    filters: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    problems: list[PluginProblem] = field(default_factory=list)
+
+    def plugin_name(self, plugin: object) -> str:
+        return self.manager.get_name(plugin) or getattr(plugin, "__name__", repr(plugin))
+
+    def delivery_finished(self, outcome: DeliveryOutcome) -> None:
+        """Tell every observer about an outcome; a crashing observer is logged, not raised."""
+        for impl in self.manager.hook.delivery_finished.get_hookimpls():
+            try:
+                impl.function(outcome=outcome)
+            except Exception:
+                log.exception("plugin %r failed in delivery_finished", impl.plugin_name)
+
+
+def _load_file(path: Path) -> ModuleType:
+    name = f"router_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_plugins(
+    *,
+    plugins_dir: Path | None = None,
+    extra: Iterable[object] = (),
+    entry_points: bool = True,
+    blocked: Iterable[str] = (),
+) -> Plugins:
+    """Build a fresh plugin manager, load every plugin and collect what they register.
+
+    ``blocked`` names entry points not to load (``ROUTER_PLUGINS_BLOCK``).
+    """
+    manager = pluggy.PluginManager("router")
+    manager.add_hookspecs(hookspecs)
+    if os.environ.get("ROUTER_TRACE_PLUGINS"):
+        manager.trace.root.setwriter(lambda text: log.debug("pluggy: %s", text.rstrip()))
+        manager.enable_tracing()
+    plugins = Plugins(manager=manager)
+    blocked = set(blocked)
+
+    def add(plugin: object, name: str, source: str, version: str | None) -> None:
+        try:
+            manager.register(plugin, name=name)
+        except Exception as exc:  # PluginValidationError, duplicate names
+            plugins.problems.append(PluginProblem(name, f"cannot register: {exc}"))
+            return
+        hooks = tuple(sorted(caller.name for caller in manager.get_hookcallers(plugin) or []))
+        plugins.infos.append(PluginInfo(name, source, version, hooks))
+
+    if entry_points:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in blocked:
+                continue
+            version = ep.dist.version if ep.dist else None
+            try:
+                module = ep.load()
+            except Exception as exc:
+                plugins.problems.append(
+                    PluginProblem(ep.name, f"failed to import {ep.value}: {exc!r}")
+                )
+                continue
+            add(module, ep.name, f"entry point {ep.value}", version)
+    if plugins_dir is not None:
+        for path in sorted(Path(plugins_dir).glob("*.py")):
+            try:
+                module = _load_file(path)
+            except Exception as exc:
+                plugins.problems.append(
+                    PluginProblem(path.stem, f"failed to import {path}: {exc!r}")
+                )
+                continue
+            add(module, path.stem, str(path), None)
+    for index, plugin in enumerate(extra):
+        name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{index}"
+        add(plugin, name, "registered in code", None)
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        plugins.problems.append(PluginProblem(exc.plugin_name or "?", str(exc)))
+
+    _collect_channels(plugins)
+    _collect_filters(plugins)
+    for problem in plugins.problems:
+        log.error("%s", problem)
+    return plugins
+
+
+def _collect_channels(plugins: Plugins) -> None:
+    for impl in plugins.manager.hook.register_channels.get_hookimpls():
+        plugin = impl.plugin_name
+
+        def register(cls: type[Channel], plugin: str = plugin) -> None:
+            problem = _channel_problem(cls, plugins.channel_types)
+            if problem:
+                plugins.problems.append(PluginProblem(plugin, problem))
+                return
+            plugins.channel_types[cls.type] = ChannelType(cls.type, cls, plugin)
+
+        try:
+            impl.function(register=register)
+        except Exception as exc:
+            plugins.problems.append(PluginProblem(plugin, f"register_channels raised {exc!r}"))
+
+
+def _channel_problem(cls: object, known: dict[str, ChannelType]) -> str | None:
+    if not (inspect.isclass(cls) and issubclass(cls, Channel)):
+        return f"registered {cls!r}, which is not a router.Channel subclass"
+    name = getattr(cls, "type", None)
+    if not isinstance(name, str) or not name:
+        return f"channel class {cls.__name__} has no 'type' name"
+    if name in known:
+        return f"channel type {name!r} is already registered by plugin {known[name].plugin!r}"
+    if not (inspect.isclass(cls.Config) and issubclass(cls.Config, ChannelConfig)):
+        return f"{cls.__name__}.Config must subclass router.channels.ChannelConfig"
+    if not inspect.iscoroutinefunction(cls.send) or cls.send is Channel.send:
+        return f"{cls.__name__}.send must be an async method"
+    return None
+
+
+def _collect_filters(plugins: Plugins) -> None:
+    for impl in plugins.manager.hook.register_template_filters.get_hookimpls():
+        plugin = impl.plugin_name
+
+        def register(name: str, function: Callable[..., Any], plugin: str = plugin) -> None:
+            if name in plugins.filters:
+                plugins.problems.append(PluginProblem(plugin, f"filter {name!r} already exists"))
+            elif not callable(function):
+                plugins.problems.append(PluginProblem(plugin, f"filter {name!r} is not callable"))
+            else:
+                plugins.filters[name] = function
+
+        try:
+            impl.function(register=register)
+        except Exception as exc:
+            plugins.problems.append(
+                PluginProblem(plugin, f"register_template_filters raised {exc!r}")
+            )

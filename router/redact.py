@@ -1,0 +1,39 @@
+"""Keeping secrets out of logs, error messages and pages.
+
+A ``Redactor`` knows the secret values the rules file pulled from the environment
+and recognises the usual credential shapes (``access_token=`` in Canvas URLs,
+``Authorization: Bearer``, ``password=``), replacing them with ``***``.
+"""
+
+import re
+from collections.abc import Iterable
+
+__all__ = ["MASK", "Redactor"]
+
+MASK = "***"
+
+_PATTERNS = re.compile(
+    r"(?i)((?:access_token|refresh_token|client_secret|api_key|apikey|token|password|secret|sig)"
+    r"(?:=|%3D))[^&\s\"']+"
+    r"|(bearer\s+)[A-Za-z0-9._~+/=-]+"
+    r"|(xox[abposr]-)[A-Za-z0-9-]+"
+)
+
+
+def _mask(match: re.Match[str]) -> str:
+    prefix = next(group for group in match.groups() if group is not None)
+    return prefix + MASK
+
+
+class Redactor:
+    """Replace known secret values and credential-looking substrings with ``***``."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret containing another is masked whole.
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return _PATTERNS.sub(_mask, text)

@@ -1,0 +1,45 @@
+"""Service settings: CLI options and ``ROUTER_*`` environment variables (pydantic-settings).
+
+Kept apart from the rules file: these say how the process runs, the rules say who
+hears about what.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Every option of ``router serve``; each is also ``ROUTER_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore")
+
+    rules: Path = Field(Path("rules.yaml"), description="rules file")
+    templates: Path = Field(Path("templates"), description="templates directory")
+    db: str = Field("router.db", description="store: a SQLite file path")
+    host: str = Field("127.0.0.1", description="listen address")
+    port: int = Field(8080, ge=0, le=65535, description="listen port")
+    plugins_dir: Path | None = Field(None, description="directory of drop-in plugin .py files")
+    plugins_block: list[str] = Field(default_factory=list, description="entry points not to load")
+    ingest_token: SecretStr | None = Field(None, description="bearer token for POST /events")
+    jwks_url: str | None = Field(None, description="JWKS URL for Canvas signed (JWT) deliveries")
+    jwt_audience: str | None = Field(None, description="required JWT audience")
+    jwt_issuer: str | None = Field(None, description="required JWT issuer")
+    require_signed: bool = Field(False, description="accept only JWT-signed deliveries")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body")
+    max_batch_items: int = Field(1000, ge=1, description="most events in one request")
+    dedupe_window: float = Field(86400.0, ge=0, description="seconds a repeated event is dropped")
+    max_attempts: int = Field(10, ge=1, description="delivery attempts before dead-lettering")
+    max_age: float = Field(86400.0, gt=0, description="seconds before a delivery is given up")
+    backoff_base: float = Field(1.0, gt=0, description="first retry delay in seconds")
+    backoff_cap: float = Field(600.0, gt=0, description="longest retry delay in seconds")
+    shutdown_grace: float = Field(10.0, ge=0, description="seconds to finish deliveries on stop")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="SQLite fsync policy (FULL survives power loss)"
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["auto", "json", "text"] = Field("auto", description="log line format")

@@ -1,0 +1,138 @@
+"""The store interface and the records that cross it."""
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+DeliveryState = Literal["pending", "delivered", "logged", "dead"]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The answer for one ingested event: its id and whether it was a repeat."""
+
+    id: str
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class InboxEvent:
+    """An accepted event waiting to be routed."""
+
+    seq: int
+    id: str
+    name: str
+    payload: bytes
+    received_at: float
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A delivery job produced by routing one event. ``error`` set means born dead
+    (e.g. the template failed to render): it goes straight to the dead letters."""
+
+    key: str
+    rule: str
+    channel: str
+    message: bytes
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryJob:
+    """A claimed delivery, with everything the dispatcher needs to attempt it."""
+
+    id: int
+    key: str
+    event_id: str
+    event_name: str
+    rule: str
+    channel: str
+    message: bytes
+    event: bytes
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """A delivery as shown to operators (dead-letter listings, status)."""
+
+    id: int
+    key: str
+    event_id: str
+    rule: str
+    channel: str
+    state: DeliveryState
+    attempts: int
+    created_at: float
+    updated_at: float
+    next_attempt_at: float
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    """Sizes of the queues, for readiness and metrics."""
+
+    events_pending: int
+    deliveries_pending: int
+    dead: int
+
+
+class Store(Protocol):
+    """Everything the service keeps. Every write is durable when its coroutine returns."""
+
+    async def open(self) -> None:
+        """Create or migrate the schema and release leases left by a crashed process."""
+
+    async def close(self) -> None:
+        """Finish queued writes and close."""
+
+    async def accept_events(
+        self, events: list[tuple[str, str, bytes]], *, dedupe_window: float, now: float
+    ) -> list[Accepted]:
+        """Durably store ``(id, name, canonical payload)`` events in one transaction.
+
+        An event whose id was accepted within ``dedupe_window`` seconds is recorded as
+        a duplicate and will not be routed again.
+        """
+
+    async def claim_events(self, limit: int, *, lease: float, now: float) -> list[InboxEvent]:
+        """Lease up to ``limit`` unrouted events, oldest first."""
+
+    async def record_routing(
+        self, routed: list[tuple[InboxEvent, list[NewDelivery]]], *, now: float
+    ) -> None:
+        """Atomically create each event's delivery jobs and mark it routed."""
+
+    async def claim_deliveries(
+        self, channel: str, limit: int, *, lease: float, now: float
+    ) -> list[DeliveryJob]:
+        """Lease up to ``limit`` due deliveries for ``channel``, oldest due first."""
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        state: DeliveryState,
+        *,
+        attempts: int,
+        now: float,
+        next_attempt_at: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record an attempt's result: ``pending`` (retry at next_attempt_at) or final."""
+
+    async def next_due(self) -> float | None:
+        """When the earliest pending delivery becomes due, or None if there is none."""
+
+    async def list_deliveries(
+        self, *, state: DeliveryState | None = None, limit: int = 100
+    ) -> list[DeliveryRecord]:
+        """Deliveries, newest first, optionally of one state."""
+
+    async def replay(self, delivery_ids: list[int] | None, *, now: float) -> int:
+        """Put dead deliveries back in the queue (all of them when ids is None),
+        keeping their idempotency keys. Returns how many were requeued."""
+
+    async def counts(self) -> StoreCounts:
+        """Queue sizes."""

@@ -1,0 +1,359 @@
+"""Embedded store: one SQLite file in WAL mode, written by one thread with group commit.
+
+Every operation is a function of a connection, queued to the writer thread. The
+thread takes whatever is queued, runs each operation in its own savepoint inside
+one transaction, commits once, and only then resolves the callers' futures: many
+concurrent requests share one fsync, and nobody hears "done" before it is durable.
+"""
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from router.store.base import (
+    Accepted,
+    DeliveryJob,
+    DeliveryRecord,
+    DeliveryState,
+    InboxEvent,
+    NewDelivery,
+    StoreCounts,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Operation = Callable[[sqlite3.Connection], Any]
+
+MAX_BATCH = 512
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'routed', 'duplicate')),
+        payload BLOB,
+        lease_until REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX events_by_id ON events (id, received_at);
+    CREATE INDEX events_pending ON events (seq) WHERE state = 'pending';
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL,
+        event_seq INTEGER NOT NULL REFERENCES events (seq),
+        rule TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        message BLOB NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'logged', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        lease_until REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        UNIQUE (event_seq, rule, channel)
+    );
+    CREATE INDEX deliveries_due ON deliveries (channel, next_attempt_at) WHERE state = 'pending';
+    CREATE INDEX deliveries_by_state ON deliveries (state, updated_at);
+    """,
+]
+
+
+class SqliteStore:
+    """The default store: a SQLite file. One process owns the file at a time."""
+
+    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._queue: queue.SimpleQueue[tuple[Operation, asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- plumbing -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="router-sqlite", daemon=True
+        )
+        self._thread.start()
+        await ready
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+            conn.execute("COMMIT")
+            log.info("store migrated", extra={"store": self.path, "schema_version": number})
+        # Leases belong to this process only: whatever a crashed predecessor held is free.
+        conn.execute("UPDATE events SET lease_until = 0 WHERE state = 'pending'")
+        conn.execute("UPDATE deliveries SET lease_until = 0 WHERE state = 'pending'")
+        return conn
+
+    def _run(self, ready: asyncio.Future[None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            conn = self._connect()
+        except Exception as exc:  # the caller of open() gets the error
+            loop.call_soon_threadsafe(_settle_exception, ready, exc)
+            return
+        loop.call_soon_threadsafe(_settle_result, ready, None)
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            results = self._commit_batch(conn, batch)
+            loop.call_soon_threadsafe(_settle_all, results)
+        conn.close()
+
+    def _commit_batch(
+        self, conn: sqlite3.Connection, batch: list[tuple[Operation, asyncio.Future[Any]]]
+    ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for operation, future in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = operation(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    results.append((future, False, exc))
+                else:
+                    results.append((future, True, value))
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.exception("store commit failed")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return [(future, False, exc) for _, future in batch]
+        return results
+
+    async def _call(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        if self._thread is None or self._loop is None:
+            raise RuntimeError("store is not open")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put((operation, future))
+        return await future
+
+    # -- events -----------------------------------------------------------------------
+
+    async def accept_events(
+        self, events: list[tuple[str, str, bytes]], *, dedupe_window: float, now: float
+    ) -> list[Accepted]:
+        def op(conn: sqlite3.Connection) -> list[Accepted]:
+            answers = []
+            for event_id, name, payload in events:
+                seen = conn.execute(
+                    "SELECT 1 FROM events WHERE id = ? AND received_at >= ?"
+                    " AND state != 'duplicate' LIMIT 1",
+                    (event_id, now - dedupe_window),
+                ).fetchone()
+                state = "duplicate" if seen else "pending"
+                conn.execute(
+                    "INSERT INTO events (id, name, received_at, state, payload) VALUES (?,?,?,?,?)",
+                    (event_id, name, now, state, None if seen else payload),
+                )
+                answers.append(Accepted(id=event_id, duplicate=bool(seen)))
+            return answers
+
+        return await self._call(op)
+
+    async def claim_events(self, limit: int, *, lease: float, now: float) -> list[InboxEvent]:
+        def op(conn: sqlite3.Connection) -> list[InboxEvent]:
+            rows = conn.execute(
+                "UPDATE events SET lease_until = ? WHERE seq IN ("
+                " SELECT seq FROM events WHERE state = 'pending' AND lease_until <= ?"
+                " ORDER BY seq LIMIT ?)"
+                " RETURNING seq, id, name, payload, received_at",
+                (now + lease, now, limit),
+            ).fetchall()
+            return sorted((InboxEvent(*row) for row in rows), key=lambda e: e.seq)
+
+        return await self._call(op)
+
+    async def record_routing(
+        self, routed: list[tuple[InboxEvent, list[NewDelivery]]], *, now: float
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            for event, deliveries in routed:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO deliveries (key, event_seq, rule, channel, message,"
+                    " state, created_at, updated_at, next_attempt_at, last_error)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            d.key,
+                            event.seq,
+                            d.rule,
+                            d.channel,
+                            d.message,
+                            "dead" if d.error else "pending",
+                            now,
+                            now,
+                            now,
+                            d.error,
+                        )
+                        for d in deliveries
+                    ],
+                )
+                conn.execute(
+                    "UPDATE events SET state = 'routed', lease_until = 0 WHERE seq = ?",
+                    (event.seq,),
+                )
+
+        await self._call(op)
+
+    # -- deliveries ---------------------------------------------------------------------
+
+    async def claim_deliveries(
+        self, channel: str, limit: int, *, lease: float, now: float
+    ) -> list[DeliveryJob]:
+        def op(conn: sqlite3.Connection) -> list[DeliveryJob]:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "UPDATE deliveries SET lease_until = ? WHERE id IN ("
+                    " SELECT id FROM deliveries WHERE state = 'pending' AND channel = ?"
+                    " AND next_attempt_at <= ? AND lease_until <= ?"
+                    " ORDER BY next_attempt_at LIMIT ?) RETURNING id",
+                    (now + lease, channel, now, now, limit),
+                ).fetchall()
+            ]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(
+                "SELECT d.id, d.key, e.id, e.name, d.rule, d.channel, d.message, e.payload,"
+                " d.attempts, d.created_at FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+                f" WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at",
+                ids,
+            ).fetchall()
+            return [DeliveryJob(*row) for row in rows]
+
+        return await self._call(op)
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        state: DeliveryState,
+        *,
+        attempts: int,
+        now: float,
+        next_attempt_at: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE deliveries SET state = ?, attempts = ?, updated_at = ?,"
+                " next_attempt_at = ?, lease_until = 0, last_error = ? WHERE id = ?",
+                (state, attempts, now, next_attempt_at or now, error, delivery_id),
+            )
+
+        await self._call(op)
+
+    async def next_due(self) -> float | None:
+        def op(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT min(max(next_attempt_at, lease_until)) FROM deliveries"
+                " WHERE state = 'pending'"
+            ).fetchone()
+            return row[0]
+
+        return await self._call(op)
+
+    async def list_deliveries(
+        self, *, state: DeliveryState | None = None, limit: int = 100
+    ) -> list[DeliveryRecord]:
+        def op(conn: sqlite3.Connection) -> list[DeliveryRecord]:
+            where, args = ("WHERE d.state = ?", [state]) if state else ("", [])
+            rows = conn.execute(
+                "SELECT d.id, d.key, e.id, d.rule, d.channel, d.state, d.attempts, d.created_at,"
+                " d.updated_at, d.next_attempt_at, d.last_error FROM deliveries d"
+                f" JOIN events e ON e.seq = d.event_seq {where} ORDER BY d.id DESC LIMIT ?",
+                [*args, limit],
+            ).fetchall()
+            return [DeliveryRecord(*row) for row in rows]
+
+        return await self._call(op)
+
+    async def replay(self, delivery_ids: list[int] | None, *, now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            sql = (
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                " updated_at = ?, lease_until = 0 WHERE state = 'dead'"
+            )
+            args: list[Any] = [now, now]
+            if delivery_ids is not None:
+                sql += f" AND id IN ({','.join('?' * len(delivery_ids))})"
+                args.extend(delivery_ids)
+            return conn.execute(sql, args).rowcount
+
+        return await self._call(op)
+
+    async def counts(self) -> StoreCounts:
+        def op(conn: sqlite3.Connection) -> StoreCounts:
+            events = conn.execute("SELECT count(*) FROM events WHERE state = 'pending'").fetchone()
+            pending, dead = conn.execute(
+                "SELECT count(*) FILTER (WHERE state = 'pending'),"
+                " count(*) FILTER (WHERE state = 'dead') FROM deliveries"
+            ).fetchone()
+            return StoreCounts(events_pending=events[0], deliveries_pending=pending, dead=dead)
+
+        return await self._call(op)
+
+
+def _settle_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _settle_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _settle_all(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in results:
+        if ok:
+            _settle_result(future, value)
+        else:
+            _settle_exception(future, value)

@@ -1,0 +1,161 @@
+"""Message templates: a sandboxed Jinja2 environment, template lookup, and rendering
+into the blocks a channel picks from (``title``, ``text``, ``html``, ``json``, ...)."""
+
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from router.events import parse_timestamp
+
+__all__ = ["RenderError", "Rendered", "Templates", "builtin_filters"]
+
+SUFFIX = ".j2"
+
+
+class RenderError(Exception):
+    """A template is missing or failed; the message names the template and line."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered message: its title, text and every block by name."""
+
+    template: str
+    title: str
+    text: str
+    blocks: dict[str, str] = field(default_factory=dict)
+
+
+def local_id(value: Any) -> str:
+    """Canvas global id to local id: ``21070000000000565`` -> ``565`` (shard * 10^13 + id)."""
+    text = str(value)
+    if text.isdigit() and len(text) > 13:
+        return str(int(text) % 10**13)
+    return text
+
+
+@jinja2.pass_context
+def localtime(
+    context: jinja2.runtime.Context,
+    value: Any,
+    zone: str | None = None,
+    fmt: str = "%Y-%m-%d %H:%M %Z",
+) -> str:
+    """Format a Canvas timestamp in ``zone`` (an IANA name), by default the event's
+    ``metadata.time_zone``; unparsable input is shown as it is."""
+    zone = zone or context.get("time_zone")
+    moment = parse_timestamp(value)
+    if moment is None:
+        return "" if value is None else str(value)
+    if zone:
+        try:
+            moment = moment.astimezone(ZoneInfo(zone))
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return moment.strftime(fmt)
+
+
+def builtin_filters() -> dict[str, Callable[..., Any]]:
+    """The filters every template gets before plugins add theirs."""
+    return {"local_id": local_id, "localtime": localtime}
+
+
+def _template_line(exc: BaseException, name: str) -> int | None:
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename and frame.filename.endswith(name):
+            line = frame.lineno
+    return line
+
+
+class Templates:
+    """The templates directory, loaded into a sandboxed environment with strict undefineds."""
+
+    def __init__(self, directory: Path, filters: Mapping[str, Callable[..., Any]] = {}) -> None:
+        self.directory = Path(directory)
+        self.env = SandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(self.directory),
+            undefined=jinja2.StrictUndefined,
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters.update(builtin_filters())
+        for name, function in filters.items():
+            if name in self.env.filters:
+                raise ValueError(f"template filter {name!r} already exists")
+            self.env.filters[name] = function
+
+    def candidates(self, template: str | None, event_name: str, channel_type: str) -> list[str]:
+        """Names tried in order: ``<t>.<type>.j2``, ``<t>.j2``, then ``default.<type>.j2``,
+        ``default.j2``, where ``<t>`` is the rule's template or else the event name."""
+        base = template or event_name
+        names = [f"{base}.{channel_type}{SUFFIX}", f"{base}{SUFFIX}"]
+        if template is None:
+            names += [f"default.{channel_type}{SUFFIX}", f"default{SUFFIX}"]
+        return names
+
+    def resolve(self, template: str | None, event_name: str, channel_type: str) -> str:
+        """The first existing template for this rule, event and channel type."""
+        names = self.candidates(template, event_name, channel_type)
+        for name in names:
+            if (self.directory / name).is_file():
+                return name
+        raise RenderError(f"no template found in {self.directory} (tried {', '.join(names)})")
+
+    def check(self, name: str) -> str | None:
+        """Compile a template; return an error naming file and line, or None."""
+        try:
+            self.env.get_template(name)
+        except jinja2.TemplateSyntaxError as exc:
+            return f"template {name} line {exc.lineno}: {exc.message}"
+        except jinja2.TemplateError as exc:
+            return f"template {name}: {exc}"
+        return None
+
+    def render(self, name: str, context: dict[str, Any]) -> Rendered:
+        """Render template ``name`` and each of its blocks. Raises ``RenderError``."""
+        try:
+            template = self.env.get_template(name)
+            whole = template.render(context).strip()
+            ctx = template.new_context(context)
+            blocks = {}
+            for block, render in template.blocks.items():
+                try:
+                    blocks[block] = "".join(render(ctx)).strip()
+                except Exception:
+                    self.env.handle_exception()  # re-raises with template line numbers
+        except jinja2.TemplateSyntaxError as exc:
+            raise RenderError(f"template {name} line {exc.lineno}: {exc.message}") from None
+        except Exception as exc:
+            line = _template_line(exc, name)
+            where = f"template {name} line {line}" if line else f"template {name}"
+            raise RenderError(f"{where}: {type(exc).__name__}: {exc}") from None
+        return Rendered(
+            template=name,
+            title=blocks.get("title", ""),
+            text=blocks.get("text", whole),
+            blocks=blocks,
+        )
+
+
+def template_context(event: dict[str, Any], *, event_id: str, rule: str, channel: str) -> dict:
+    """The variables a template sees."""
+    return {
+        "event": event,
+        "metadata": event.get("metadata") or {},
+        "body": event.get("body") or {},
+        "event_id": event_id,
+        "event_name": (event.get("metadata") or {}).get("event_name", ""),
+        "rule": rule,
+        "channel": channel,
+        "now": datetime.now().astimezone(),
+        "time_zone": (event.get("metadata") or {}).get("time_zone") or "UTC",
+    }
