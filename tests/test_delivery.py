@@ -1,0 +1,249 @@
+"""From accepted event to receiver: signatures, retries, dead letters, isolation."""
+
+import asyncio
+import sqlite3
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from router.appkeys import STORE
+from tests.conftest import ServiceFactory, all_examples, example, webhook_rules
+from tests.receiver import WebhookReceiver
+
+
+def deliveries(tmp_path: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(tmp_path / "router.db") as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute("SELECT * FROM deliveries ORDER BY id")]
+
+
+def first_state(tmp_path: Path) -> str | None:
+    rows = deliveries(tmp_path)
+    return rows[0]["state"] if rows else None
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_every_example_event_is_delivered_signed(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    client = await service(webhook_rules(receiver.url))
+    examples = all_examples()
+    resp = await client.post("/events", json=list(examples.values()))
+    ids = {a["id"]: a for a in (await resp.json())["accepted"]}
+    received = await receiver.wait_for(len(examples))
+    assert receiver.rejected == []
+    by_name = {r.body["event_name"]: r for r in received}
+    assert set(by_name) == set(examples)
+    for name, got in by_name.items():
+        assert got.body["event"] == examples[name]
+        assert got.webhook_id == f"{got.body['event_id']}:everything:hook"
+        assert got.body["event_id"] in ids
+        assert got.body["text"]  # rendered by templates/<event>.j2
+    completed = by_name["course_completed"].body
+    assert completed["title"] == "Isaac Newton completed Computer Science I"
+    # America/New_York local time of 2019-11-05T13:38:00Z, from metadata.time_zone.
+    assert "2019-11-05 08:38 EST" in completed["text"]
+    assert "21070000000000565" not in by_name["syllabus_updated"].body["title"]
+    await until(lambda: all(d["state"] == "delivered" for d in deliveries(tmp_path)))
+
+
+async def test_retry_then_success_with_same_idempotency_key(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    receiver.script.extend([(503, {}), (500, {}), (408, {})])
+    client = await service(webhook_rules(receiver.url))
+    await client.post("/events", json=example("course_created"))
+    [got] = await receiver.wait_for(1)
+    assert receiver.requests == 4
+    await until(lambda: first_state(tmp_path) == "delivered")
+    [row] = deliveries(tmp_path)
+    assert row["attempts"] == 4 and row["key"] == got.webhook_id
+
+
+async def test_retry_after_is_honoured(service: ServiceFactory, receiver: WebhookReceiver) -> None:
+    receiver.script.append((429, {"Retry-After": "1"}))
+    client = await service(webhook_rules(receiver.url))
+    started = time.monotonic()
+    await client.post("/events", json=example("course_created"))
+    await receiver.wait_for(1, timeout=10)
+    # backoff_cap is 0.2 s in tests: only Retry-After explains a wait of a second.
+    assert time.monotonic() - started >= 0.95
+
+
+async def test_permanent_error_goes_to_dead_letters_then_replays(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    receiver.script.append((422, {}))
+    client = await service(webhook_rules(receiver.url))
+    await client.post("/events", json=example("course_created"))
+    await until(lambda: first_state(tmp_path) == "dead")
+    [row] = deliveries(tmp_path)
+    assert row["attempts"] == 1
+    assert row["last_error"] == "HTTP 422 Unprocessable Entity: scripted 422"
+    assert receiver.requests == 1
+
+    store = client.app[STORE]
+    assert (await store.counts()).dead == 1
+    assert await store.replay(None, now=time.time()) == 1
+    [got] = await receiver.wait_for(1)
+    assert got.webhook_id == row["key"]
+    await until(lambda: first_state(tmp_path) == "delivered")
+
+
+async def test_attempts_exhausted_goes_to_dead_letters(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    receiver.script.extend([(500, {})] * 10)
+    client = await service(webhook_rules(receiver.url), max_attempts=3)
+    await client.post("/events", json=example("course_created"))
+    await until(lambda: first_state(tmp_path) == "dead")
+    [row] = deliveries(tmp_path)
+    assert row["attempts"] == 3
+    assert row["last_error"].startswith("gave up after 3 attempt(s): HTTP 500")
+    assert receiver.requests == 3
+
+
+async def test_connection_refused_is_retried(service: ServiceFactory, tmp_path: Path) -> None:
+    client = await service(webhook_rules("http://127.0.0.1:9/hook"), max_attempts=2)
+    await client.post("/events", json=example("course_created"))
+    await until(lambda: first_state(tmp_path) == "dead")
+    [row] = deliveries(tmp_path)
+    assert row["attempts"] == 2
+    assert "ClientConnectorError" in row["last_error"]
+
+
+async def test_log_only_channel_records_what_it_would_send(
+    service: ServiceFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await service(webhook_rules("", secret=None))
+    caplog.set_level("INFO")
+    await client.post("/events", json=example("course_completed"))
+    await until(lambda: first_state(tmp_path) == "logged")
+    [record] = [r for r in caplog.records if r.getMessage() == "log-only channel: would send"]
+    assert record.title == "Isaac Newton completed Computer Science I"  # type: ignore[attr-defined]
+    assert record.reason == "no url configured"  # type: ignore[attr-defined]
+
+
+async def test_template_failure_is_a_dead_letter_naming_template_and_line(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "default.j2").write_text("ok\n")
+    (templates / "course_created.j2").write_text("line one\n{{ body.no_such_field.deeper }}\n")
+    client = await service(webhook_rules(receiver.url))
+    await client.post("/events", json=[example("course_created"), example("course_updated")])
+    [got] = await receiver.wait_for(1)
+    assert got.body["event_name"] == "course_updated"
+    await until(lambda: any(d["state"] == "dead" for d in deliveries(tmp_path)))
+    [dead] = [d for d in deliveries(tmp_path) if d["state"] == "dead"]
+    assert dead["last_error"].startswith("template course_created.j2 line 2: UndefinedError")
+
+
+BROKEN_PLUGIN = """
+import asyncio
+from router import Channel, hookimpl
+from router.channels import ChannelConfig
+
+
+class BoomConfig(ChannelConfig):
+    mode: str = "raise"
+
+
+class BoomChannel(Channel):
+    type = "boom"
+    Config = BoomConfig
+
+    async def send(self, message):
+        if self.config.mode == "hang":
+            await asyncio.sleep(60)
+        raise RuntimeError("kaboom")
+
+
+@hookimpl
+def register_channels(register):
+    register(BoomChannel)
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "error"), [("raise", "raised RuntimeError: kaboom"), ("hang", "timed out after 0.3s")]
+)
+async def test_a_crashing_plugin_never_stops_other_channels(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path, mode: str, error: str
+) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "boom_plugin.py").write_text(BROKEN_PLUGIN)
+    rules = (
+        webhook_rules(receiver.url)
+        .replace(
+            "rules:",
+            f"  boom: {{type: boom, mode: {mode}, timeout: 0.3}}\nrules:",
+        )
+        .replace("notify: [hook]", "notify: [boom, hook]")
+    )
+    client = await service(rules, plugins_dir=plugins, max_attempts=2)
+    for name in ("course_created", "course_updated", "course_completed"):
+        await client.post("/events", json=example(name))
+    await receiver.wait_for(3)
+    await until(lambda: sum(d["state"] == "dead" for d in deliveries(tmp_path)) == 3)
+    dead = [d for d in deliveries(tmp_path) if d["state"] == "dead"]
+    assert {d["channel"] for d in dead} == {"boom"}
+    assert all(error in d["last_error"] for d in dead)
+    if mode == "raise":
+        assert all("channel plugin 'boom_plugin'" in d["last_error"] for d in dead)
+
+
+async def test_drain_lets_in_flight_deliveries_finish(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    receiver.delay = 0.5
+    client = await service(webhook_rules(receiver.url))
+    await client.post("/events", json=example("course_created"))
+    await until(lambda: receiver.requests == 1)
+    await client.close()  # runs on_shutdown and cleanup: drain with a 2 s grace
+    assert [d["state"] for d in deliveries(tmp_path)] == ["delivered"]
+
+
+async def test_secret_values_never_reach_dead_letters(
+    service: ServiceFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    aiohttp_server: Any,
+) -> None:
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(status=400, text=f"no such path {request.path_qs}")
+
+    app = web.Application()
+    app.router.add_post("/x", echo)
+    server = await aiohttp_server(app)
+    monkeypatch.setenv("HOOK_TOKEN", "tok-abcdef123456")
+    monkeypatch.setenv("HOOK_KEY", "k3y-0987654321")
+    rules = textwrap.dedent(
+        f"""\
+        version: 1
+        channels:
+          hook:
+            type: webhook
+            url: "{server.make_url("/x")}?token=${{HOOK_TOKEN}}&k=${{HOOK_KEY}}"
+        rules:
+          - {{name: all, events: ["*"], notify: [hook]}}
+        """
+    )
+    client = await service(rules)
+    await client.post("/events", json=example("course_section_created"))
+    await until(lambda: first_state(tmp_path) == "dead")
+    [row] = deliveries(tmp_path)
+    assert row["last_error"] == "HTTP 400 Bad Request: no such path /x?token=***&k=***"

@@ -1,0 +1,270 @@
+"""POST /events against a real service: every accepted form, every rejection."""
+
+import copy
+import json
+import sqlite3
+from pathlib import Path
+
+import jwt
+import orjson
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from tests.conftest import ServiceFactory, all_examples, example, webhook_rules
+from tests.receiver import WebhookReceiver
+
+LOG_ONLY = webhook_rules("", secret=None)
+
+
+def stored_events(tmp_path: Path) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(tmp_path / "router.db") as conn:
+        return conn.execute("SELECT id, name, state FROM events ORDER BY seq").fetchall()
+
+
+async def test_single_event_is_stored_before_202(service: ServiceFactory, tmp_path: Path) -> None:
+    client = await service(LOG_ONLY)
+    resp = await client.post("/events", json=example("course_completed"))
+    assert resp.status == 202
+    answer = await resp.json()
+    [accepted] = answer["accepted"]
+    assert accepted["duplicate"] is False and len(accepted["id"]) == 32
+    # The 202 came after the commit: a separate connection sees the row.
+    assert [(row[0], row[1]) for row in stored_events(tmp_path)] == [
+        (accepted["id"], "course_completed")
+    ]
+
+
+async def test_array_and_ndjson_batches(service: ServiceFactory, tmp_path: Path) -> None:
+    client = await service(LOG_ONLY)
+    events = list(all_examples().values())
+    resp = await client.post("/events", json=events)
+    assert resp.status == 202
+    ids = [a["id"] for a in (await resp.json())["accepted"]]
+    assert len(set(ids)) == len(events) == 7
+
+    ndjson = b"\n".join(
+        orjson.dumps({**e, "body": {**e["body"], "n": i}}) for i, e in enumerate(events)
+    )
+    resp = await client.post(
+        "/events", data=ndjson + b"\n\n", headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert resp.status == 202
+    assert len((await resp.json())["accepted"]) == 7
+    assert len(stored_events(tmp_path)) == 14
+
+
+async def test_unknown_events_and_fields_pass_through(service: ServiceFactory) -> None:
+    client = await service(LOG_ONLY)
+    event = {
+        "metadata": {"event_name": "quiz_exploded", "brand_new": {"x": [1, 2]}},
+        "body": None,
+        "extra_top_level": True,
+    }
+    resp = await client.post("/events", json=event)
+    assert resp.status == 202
+
+
+async def test_malformed_json_names_the_position(service: ServiceFactory) -> None:
+    client = await service(LOG_ONLY)
+    resp = await client.post(
+        "/events",
+        data=b'{"metadata": {"event_name": "x",}}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error.startswith("malformed JSON at line 1 column 32 (char 31): trailing comma")
+
+
+async def test_malformed_ndjson_names_the_line(service: ServiceFactory) -> None:
+    client = await service(LOG_ONLY)
+    body = orjson.dumps(example("course_created")) + b"\n{oops\n"
+    resp = await client.post("/events", data=body, headers={"Content-Type": "application/x-ndjson"})
+    assert resp.status == 400
+    assert "on line 2" in (await resp.json())["error"]
+
+
+async def test_batch_is_all_or_nothing_and_lists_every_bad_item(
+    service: ServiceFactory, tmp_path: Path
+) -> None:
+    client = await service(LOG_ONLY)
+    good = example("course_completed")
+    no_name = copy.deepcopy(good)
+    del no_name["metadata"]["event_name"]
+    bad_body = copy.deepcopy(good)
+    bad_body["body"] = "not an object"
+    resp = await client.post("/events", json=[good, no_name, 42, bad_body, {"body": {}}])
+    assert resp.status == 422
+    errors = (await resp.json())["errors"]
+    assert [(e["index"], e["field"]) for e in errors] == [
+        (1, "metadata.event_name"),
+        (2, "(event)"),
+        (3, "body"),
+        (4, "metadata"),
+    ]
+    assert errors[0]["message"] == "is required"
+    assert stored_events(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ("[1]", "(event)"),
+        ('"just a string"', "(event)"),
+        ('{"metadata": {"event_name": ""}}', "metadata.event_name"),
+        ('{"metadata": {"event_name": 7}}', "metadata.event_name"),
+        ('{"metadata": "x"}', "metadata"),
+        ("[]", "(body)"),
+    ],
+)
+async def test_not_an_event_is_422_naming_the_field(
+    service: ServiceFactory, body: str, field: str
+) -> None:
+    client = await service(LOG_ONLY)
+    resp = await client.post("/events", data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 422
+    assert (await resp.json())["errors"][0]["field"] == field
+
+
+async def test_wrong_content_type_is_415(service: ServiceFactory) -> None:
+    client = await service(LOG_ONLY)
+    resp = await client.post("/events", data=b"<xml/>", headers={"Content-Type": "application/xml"})
+    assert resp.status == 415
+    assert "application/xml" in (await resp.json())["error"]
+
+
+async def test_oversize_body_and_batch_are_413(service: ServiceFactory, tmp_path: Path) -> None:
+    client = await service(LOG_ONLY, max_body_bytes=4096, max_batch_items=3)
+    big = example("syllabus_updated")
+    big["body"]["syllabus_body"] = "x" * 5000
+    resp = await client.post("/events", json=big)
+    assert resp.status == 413
+    assert "4096" in (await resp.json())["error"]
+
+    # Chunked upload without Content-Length is cut off while streaming.
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(10):
+            yield b" " * 1000
+
+    resp = await client.post("/events", data=chunks(), headers={"Content-Type": "application/json"})
+    assert resp.status == 413
+    small = [{"metadata": {"event_name": f"e{i}"}} for i in range(4)]
+    resp = await client.post("/events", json=small)
+    assert resp.status == 413
+    assert "limit is 3" in (await resp.json())["error"]
+    assert stored_events(tmp_path) == []
+
+
+async def test_bearer_token(service: ServiceFactory) -> None:
+    client = await service(LOG_ONLY, ingest_token="s3cret-token")
+    event = example("course_created")
+    assert (await client.post("/events", json=event)).status == 401
+    wrong = await client.post("/events", json=event, headers={"Authorization": "Bearer nope"})
+    assert wrong.status == 401
+    assert "s3cret" not in await wrong.text()
+    ok = await client.post("/events", json=event, headers={"Authorization": "Bearer s3cret-token"})
+    assert ok.status == 202
+
+
+async def test_repeated_event_is_a_duplicate_and_notifies_once(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    client = await service(webhook_rules(receiver.url))
+    event = example("course_completed")
+    first = await (await client.post("/events", json=event)).json()
+    # Canvas retries with the same payload; key order must not matter.
+    reordered = json.loads(json.dumps(event, sort_keys=True))
+    again = await client.post("/events", json=[reordered, event])
+    answers = (await again.json())["accepted"]
+    assert again.status == 202
+    assert {a["id"] for a in answers} == {first["accepted"][0]["id"]}
+    assert all(a["duplicate"] for a in answers)
+    await receiver.wait_for(1)
+    await client.post("/events", json=example("course_created"))
+    await receiver.wait_for(2)
+    assert [r.body["event_name"] for r in receiver.received] == [
+        "course_completed",
+        "course_created",
+    ]
+    states = [row[2] for row in stored_events(tmp_path)]
+    assert states.count("duplicate") == 2
+
+
+async def test_dedupe_window_expires(service: ServiceFactory) -> None:
+    client = await service(LOG_ONLY, dedupe_window=0)
+    event = example("course_completed")
+    await client.post("/events", json=event)
+    again = await (await client.post("/events", json=event)).json()
+    assert again["accepted"][0]["duplicate"] is False
+
+
+# -- Canvas signed (JWT) deliveries -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+async def jwks_url(aiohttp_server, rsa_key: rsa.RSAPrivateKey) -> str:  # type: ignore[no-untyped-def]
+    jwk = json.loads(RSAAlgorithm.to_jwk(rsa_key.public_key()))
+    jwk.update(kid="canvas-1", alg="RS256", use="sig")
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response({"keys": [jwk]})
+
+    app = web.Application()
+    app.router.add_get("/jwks", jwks)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/jwks"))
+
+
+async def test_signed_delivery_verified_against_jwks(
+    service: ServiceFactory, jwks_url: str, rsa_key: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
+    client = await service(LOG_ONLY, jwks_url=jwks_url, require_signed=True)
+    event = example("course_section_created")
+    token = jwt.encode(event, rsa_key, algorithm="RS256", headers={"kid": "canvas-1"})
+    resp = await client.post("/events", data=token, headers={"Content-Type": "application/jwt"})
+    assert resp.status == 202, await resp.text()
+    [(event_id, name, _)] = stored_events(tmp_path)
+    assert name == "course_section_created"
+    # The identity is the event's, whichever way it arrived.
+    plain = await service(LOG_ONLY)
+    assert event_id == (await (await plain.post("/events", json=event)).json())["accepted"][0]["id"]
+
+
+async def test_signed_delivery_rejections(
+    service: ServiceFactory, jwks_url: str, rsa_key: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
+    client = await service(LOG_ONLY, jwks_url=jwks_url, require_signed=True)
+    event = example("course_created")
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode(event, other, algorithm="RS256", headers={"kid": "canvas-1"})
+    unknown = jwt.encode(event, rsa_key, algorithm="RS256", headers={"kid": "nope"})
+    for token, reason in [(forged, "bad signature"), (unknown, "unknown signing key")]:
+        resp = await client.post("/events", data=token, headers={"Content-Type": "application/jwt"})
+        assert resp.status == 401
+        assert reason in (await resp.json())["error"]
+    unsigned = await client.post("/events", json=event)
+    assert unsigned.status == 401
+    assert stored_events(tmp_path) == []
+
+
+async def test_jwt_without_jwks_configured_is_401(service: ServiceFactory, rsa_key) -> None:  # type: ignore[no-untyped-def]
+    client = await service(LOG_ONLY)
+    token = jwt.encode(example("course_created"), rsa_key, algorithm="RS256")
+    resp = await client.post("/events", data=token, headers={"Content-Type": "application/jwt"})
+    assert resp.status == 401
+    assert "ROUTER_JWKS_URL" in (await resp.json())["error"]
+
+
+async def test_health_and_readiness(service: ServiceFactory) -> None:
+    client = await service(LOG_ONLY)
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["status"] == "ready"
