@@ -145,10 +145,16 @@ def load_plugins(
     for index, plugin in enumerate(extra):
         name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{index}"
         add(plugin, name, "registered in code", None)
-    try:
-        manager.check_pending()
-    except pluggy.PluginValidationError as exc:
-        plugins.problems.append(PluginProblem(exc.plugin_name or "?", str(exc)))
+    # A hook name that matches no spec (a typo) fails here, at start, not at 3 a.m.
+    while True:
+        try:
+            manager.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            name = manager.get_name(exc.plugin) or repr(exc.plugin)
+            plugins.problems.append(PluginProblem(name, str(exc)))
+            manager.unregister(exc.plugin)
+            plugins.infos = [info for info in plugins.infos if info.name != name]
 
     _collect_channels(plugins)
     _collect_filters(plugins)

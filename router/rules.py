@@ -7,13 +7,14 @@ plugin's model, the channels each rule notifies, and the templates rules name.
 
 import difflib
 import fnmatch
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from router.channels import ChannelConfig
 from router.config_source import (
@@ -57,13 +58,22 @@ class RuleSpec(BaseModel):
 
 
 class RulesFile(BaseModel):
-    """The whole rules file (``version: 1``)."""
+    """The top level of a rules file (``version: 1``); channels and rules are checked
+    one by one so that every error in every entry is reported at once."""
 
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[1]
-    channels: dict[str, ChannelOptions] = Field(default_factory=dict)
-    rules: list[RuleSpec] = Field(default_factory=list)
+    channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    rules: list[dict[str, Any]] = Field(default_factory=list)
+
+
+@functools.cache
+def channel_model(cls: type[ChannelConfig]) -> type[BaseModel]:
+    """The plugin's config model plus the keys every channel accepts: validating
+    against it catches typos in either, with a "did you mean" from both."""
+    host = {name: (info.annotation, info) for name, info in ChannelOptions.model_fields.items()}
+    return create_model(f"{cls.__name__}WithOptions", __base__=cls, **host)  # type: ignore[call-overload, no-any-return]
 
 
 @dataclass(frozen=True)
@@ -116,43 +126,60 @@ def _suggest(word: str, choices: list[str]) -> str:
 
 
 def _check_channels(
-    raw: Mapping[str, Any],
-    parsed: RulesFile,
+    raw: Mapping[str, dict[str, Any]],
     source: SourceMap,
     channel_types: Mapping[str, ChannelType],
     errors: list[ConfigError],
 ) -> dict[str, ChannelDef]:
     channels: dict[str, ChannelDef] = {}
-    for name, options in parsed.channels.items():
+    for name, entry in raw.items():
         loc = ("channels", name)
-        ctype = channel_types.get(options.type)
+        kind = entry.get("type")
+        ctype = channel_types.get(kind) if isinstance(kind, str) else None
         if ctype is None:
             known = sorted(channel_types)
+            hint = _suggest(kind, known) if isinstance(kind, str) else ""
+            message = f"unknown channel type {kind!r}{hint}" if kind else "missing key 'type'"
             errors.append(
                 source.error(
-                    (*loc, "type"),
-                    f"unknown channel type {options.type!r}{_suggest(options.type, known)};"
-                    f" known types: {', '.join(known) or 'none'}",
+                    (*loc, "type") if kind else loc,
+                    f"{message}; known types: {', '.join(known) or 'none'}",
                 )
             )
             continue
-        plugin_keys = {k: v for k, v in raw[name].items() if k not in HOST_CHANNEL_KEYS}
         try:
-            config = ctype.cls.Config.model_validate(plugin_keys)
+            channel_model(ctype.cls.Config).model_validate(entry)
         except ValidationError as exc:
-            errors.extend(errors_from_validation(exc, source, ctype.cls.Config, prefix=loc))
+            errors.extend(errors_from_validation(exc, source, channel_model(ctype.cls.Config), loc))
             continue
+        options = ChannelOptions.model_validate(
+            {k: v for k, v in entry.items() if k in HOST_CHANNEL_KEYS}
+        )
+        config = ctype.cls.Config.model_validate(
+            {k: v for k, v in entry.items() if k not in HOST_CHANNEL_KEYS}
+        )
         channels[name] = ChannelDef(name, ctype, options, config)
     return channels
 
 
 def _check_rules(
-    parsed: RulesFile, source: SourceMap, templates: Templates | None, errors: list[ConfigError]
-) -> None:
+    raw: list[dict[str, Any]],
+    channels: Mapping[str, dict[str, Any]],
+    source: SourceMap,
+    templates: Templates | None,
+    errors: list[ConfigError],
+) -> list[RuleSpec]:
+    rules: list[RuleSpec] = []
     seen: dict[str, int] = {}
-    names = list(parsed.channels)
-    for index, rule in enumerate(parsed.rules):
+    names = list(channels)
+    for index, entry in enumerate(raw):
         loc = ("rules", index)
+        try:
+            rule = RuleSpec.model_validate(entry)
+        except ValidationError as exc:
+            errors.extend(errors_from_validation(exc, source, RuleSpec, loc))
+            continue
+        rules.append(rule)
         if rule.name in seen:
             errors.append(
                 source.error(
@@ -162,7 +189,7 @@ def _check_rules(
             )
         seen.setdefault(rule.name, index)
         for position, channel in enumerate(rule.notify):
-            if channel not in parsed.channels:
+            if channel not in channels:
                 errors.append(
                     source.error(
                         (*loc, "notify", position),
@@ -170,19 +197,23 @@ def _check_rules(
                     )
                 )
             elif templates is not None and rule.template is not None:
-                ctype = parsed.channels[channel].type
-                candidates = templates.candidates(rule.template, "", ctype)
-                found = [n for n in candidates if (templates.directory / n).is_file()]
-                if not found:
-                    errors.append(
-                        source.error(
-                            (*loc, "template"),
-                            f"template {rule.template!r} not found for channel {channel!r}"
-                            f" (looked for {', '.join(candidates)} in {templates.directory})",
-                        )
-                    )
-                elif problem := templates.check(found[0]):
+                problem = _template_problem(templates, rule.template, channel, channels[channel])
+                if problem:
                     errors.append(source.error((*loc, "template"), problem))
+    return rules
+
+
+def _template_problem(
+    templates: Templates, template: str, channel: str, entry: dict[str, Any]
+) -> str | None:
+    candidates = templates.candidates(template, "", str(entry.get("type")))
+    found = [name for name in candidates if (templates.directory / name).is_file()]
+    if not found:
+        return (
+            f"template {template!r} not found for channel {channel!r}"
+            f" (looked for {', '.join(candidates)} in {templates.directory})"
+        )
+    return templates.check(found[0])
 
 
 def load_rules(
@@ -200,14 +231,14 @@ def load_rules(
         raise ConfigErrors([ConfigError(file, 1, 1, "", f"cannot read: {exc.strerror}")]) from None
     data, source = load_yaml(text, file)
     data, secrets, errors = expand_env(data, source, os.environ if environ is None else environ)
+    if not isinstance(data, dict):
+        raise ConfigErrors([*errors, source.error((), "a rules file must be a mapping")])
     try:
         parsed = RulesFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigErrors(
-            sorted(errors + errors_from_validation(exc, source, RulesFile))
-        ) from None
-    channels = _check_channels(data.get("channels") or {}, parsed, source, channel_types, errors)
-    _check_rules(parsed, source, templates, errors)
+        raise ConfigErrors(errors + errors_from_validation(exc, source, RulesFile)) from None
+    channels = _check_channels(parsed.channels, source, channel_types, errors)
+    rules = _check_rules(parsed.rules, parsed.channels, source, templates, errors)
     if errors:
-        raise ConfigErrors(sorted(errors))
-    return RuleSet(file=file, channels=channels, rules=parsed.rules, secrets=secrets)
+        raise ConfigErrors(errors)
+    return RuleSet(file=file, channels=channels, rules=rules, secrets=secrets)

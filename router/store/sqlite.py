@@ -77,6 +77,7 @@ class SqliteStore:
         )
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.commits = 0  # transactions committed; with group commit, fewer than writes
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -103,6 +104,12 @@ class SqliteStore:
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA foreign_keys=ON")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            conn.close()
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, newer than this router knows"
+                f" ({len(MIGRATIONS)}): upgrade the router"
+            )
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             conn.execute("BEGIN IMMEDIATE")
             for statement in filter(str.strip, script.split(";")):
@@ -160,6 +167,7 @@ class SqliteStore:
                     results.append((future, True, value))
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
+            self.commits += 1
         except sqlite3.Error as exc:
             log.exception("store commit failed")
             if conn.in_transaction:

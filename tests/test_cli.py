@@ -1,0 +1,132 @@
+"""The command line: validate, plugins, help, and settings from the environment."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from router.cli import cli
+from router.settings import Settings
+from tests.conftest import ROOT
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.stdout
+
+
+def test_example_rules_file_validates() -> None:
+    code, out = run("validate", str(ROOT / "rules.yaml"), "--templates", str(ROOT / "templates"))
+    assert code == 0, out
+    assert out.strip().endswith("OK (4 rules, 2 channels)")
+
+
+def test_validate_reports_every_error_with_file_line_and_key(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            channels:
+              hook: {type: webhook, url: "${HOOK_URL}", secret: "${HOOK_SECRET:-}", timeot: 3}
+            rules:
+              - name: a
+                events: [course_created]
+                notfy: [hook]
+              - name: b
+                events: [course_updated]
+                notify: [hook]
+                template: no_such_template
+            """
+        )
+    )
+    (tmp_path / "templates").mkdir()
+    code, out = run("validate", str(rules), "--templates", str(tmp_path / "templates"))
+    assert code == 1
+    lines = out.strip().splitlines()
+    assert lines == [
+        f"{rules}:3:30: channels.hook.url: environment variable HOOK_URL is not set",
+        f"{rules}:3:73: channels.hook.timeot: unknown key 'timeot' (did you mean 'timeout'?)",
+        f"{rules}:5:5: rules[0]: missing required key 'notify'",
+        f"{rules}:7:5: rules[0].notfy: unknown key 'notfy' (did you mean 'notify'?)",
+        f"{rules}:11:15: rules[1].template: template 'no_such_template' not found for channel"
+        f" 'hook' (looked for no_such_template.webhook.j2, no_such_template.j2 in"
+        f" {tmp_path / 'templates'})",
+    ]
+
+
+def test_validate_checks_templates_the_rules_name(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            channels:
+              hook: {type: webhook}
+            rules:
+              - {name: a, events: [x], notify: [hook], template: missing}
+              - {name: b, events: [x], notify: [hook], template: broken}
+            """
+        )
+    )
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "broken.webhook.j2").write_text("ok\n{% if %}\n")
+    code, out = run("validate", str(rules), "--templates", str(templates))
+    assert code == 1
+    assert out.splitlines() == [
+        f"{rules}:5:54: rules[0].template: template 'missing' not found for channel 'hook'"
+        f" (looked for missing.webhook.j2, missing.j2 in {templates})",
+        f"{rules}:6:54: rules[1].template: template broken.webhook.j2 line 2:"
+        " Expected an expression, got 'end of statement block'",
+    ]
+
+
+def test_validate_missing_file(tmp_path: Path) -> None:
+    code, out = run("validate", str(tmp_path / "nope.yaml"))
+    assert code == 1
+    assert "nope.yaml:1:1: cannot read: No such file or directory" in out
+
+
+def test_plugins_lists_versions_hooks_and_failures(tmp_path: Path) -> None:
+    code, out = run("plugins")
+    assert code == 0
+    assert "webhook 0.1.0  (entry point router_webhook)" in out
+    assert "hooks: register_channels" in out
+    (tmp_path / "bad.py").write_text("raise ImportError('missing dependency foo')\n")
+    code, out = run("plugins", "--plugins-dir", str(tmp_path))
+    assert code == 1
+    assert "FAILED plugin 'bad': failed to import" in out and "missing dependency foo" in out
+
+
+def test_help_documents_every_command_and_env_var() -> None:
+    code, out = run("--help")
+    assert code == 0
+    for command in ("serve", "validate", "plugins"):
+        assert command in out
+    code, out = run("serve", "--help")
+    for option in ("--rules", "--templates", "--db", "--host", "--port", "--plugins-dir"):
+        assert option in out
+    for name in Settings.model_fields:
+        assert f"ROUTER_{name.upper()}" in out.replace("\n", " ").replace("  ", " ") or (
+            name in {"jwt_audience", "jwt_issuer"}
+        ), name
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTER_PORT", "9191")
+    monkeypatch.setenv("ROUTER_DB", "/tmp/x.db")
+    monkeypatch.setenv("ROUTER_INGEST_TOKEN", "abc")
+    settings = Settings()
+    assert (settings.port, settings.db) == (9191, "/tmp/x.db")
+    assert "abc" not in repr(settings)
+    # Explicit values (the command line) win over the environment.
+    assert Settings(port=1234).port == 1234
+
+
+def test_bad_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ROUTER_PORT", "eighty")
+    result = CliRunner().invoke(cli, ["validate", str(ROOT / "rules.yaml")])
+    assert result.exit_code == 2
+    assert "setting port: Input should be a valid integer" in result.output
