@@ -137,14 +137,14 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready to accept: store reachable, rules loaded, not draining."""
     app = request.app
     if app[DRAINING].is_set():
-        return problem(503, "draining", status="draining")
+        return problem(503, "draining", state="draining")
     try:
         counts = await asyncio.wait_for(app[STORE].counts(), timeout=5)
     except Exception as exc:
-        return problem(503, f"store unreachable: {type(exc).__name__}", status="unready")
+        return problem(503, f"store unreachable: {type(exc).__name__}", state="unready")
     return web.json_response(
         {
-            "status": "ready",
+            "state": "ready",
             "rules": app[ROUTER].rules.file,
             "events_pending": counts.events_pending,
             "deliveries_pending": counts.deliveries_pending,

@@ -34,12 +34,22 @@ class WebhookReceiver:
     rejected: list[str] = field(default_factory=list)
     script: deque[tuple[int, dict[str, str]]] = field(default_factory=deque)
     requests: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
     delay: float = 0.0
     url: str = ""
     _arrived: asyncio.Condition | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         self.requests += 1
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.Response:
         data = await request.read()
         if self.delay:
             await asyncio.sleep(self.delay)

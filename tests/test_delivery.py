@@ -247,3 +247,57 @@ async def test_secret_values_never_reach_dead_letters(
     await until(lambda: first_state(tmp_path) == "dead")
     [row] = deliveries(tmp_path)
     assert row["last_error"] == "HTTP 400 Bad Request: no such path /x?token=***&k=***"
+
+
+async def test_channel_concurrency_limit_is_respected(
+    service: ServiceFactory, receiver: WebhookReceiver
+) -> None:
+    receiver.delay = 0.1
+    rules = webhook_rules(receiver.url).replace("timeout: 5", "timeout: 5\n    concurrency: 2")
+    client = await service(rules)
+    events = [{"metadata": {"event_name": "tick"}, "body": {"n": n}} for n in range(8)]
+    await client.post("/events", json=events)
+    await receiver.wait_for(8)
+    assert receiver.peak_in_flight == 2
+
+
+async def test_max_age_gives_up_before_max_attempts(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    receiver.script.extend([(503, {"Retry-After": "5"})] * 5)
+    client = await service(webhook_rules(receiver.url), max_age=2)
+    await client.post("/events", json=example("course_created"))
+    await until(lambda: first_state(tmp_path) == "dead")
+    [row] = deliveries(tmp_path)
+    # Waiting 5 s as asked would pass the 2 s age limit: give up now, not later.
+    assert row["attempts"] == 1
+    assert (
+        row["last_error"]
+        == "gave up after 1 attempt(s): HTTP 503 Service Unavailable: scripted 503"
+    )
+
+
+async def test_webhook_headers_and_raw_event_body(
+    service: ServiceFactory, receiver: WebhookReceiver
+) -> None:
+    rules = webhook_rules(receiver.url).replace(
+        "timeout: 5", "timeout: 5\n    body: event\n    headers: {X-Source: canvas-router}"
+    )
+    client = await service(rules)
+    event = example("syllabus_updated")
+    await client.post("/events", json=event)
+    [got] = await receiver.wait_for(1)
+    assert got.body == event
+    assert got.headers["X-Source"] == "canvas-router"
+    assert got.headers["Content-Type"] == "application/json"
+
+
+async def test_draining_service_answers_503(service: ServiceFactory) -> None:
+    from router.appkeys import DRAINING
+
+    client = await service(webhook_rules("", secret=None))
+    client.app[DRAINING].set()
+    resp = await client.post("/events", json=example("course_created"))
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "5"
+    assert (await client.get("/readyz")).status == 503

@@ -267,4 +267,4 @@ async def test_health_and_readiness(service: ServiceFactory) -> None:
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert ready.status == 200
-    assert (await ready.json())["status"] == "ready"
+    assert (await ready.json())["state"] == "ready"
