@@ -1,0 +1,30 @@
+"""The baseline for ``bench/ingest.py``: a bare aiohttp server that reads each body and
+answers 202 without parsing it. Same framework, same loop, same logging policy as the
+router (no access log), so the difference is the router's own work per request."""
+
+import argparse
+
+from aiohttp import web
+
+
+async def events(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response(status=202)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    app = web.Application()
+    app.router.add_post("/events", events)
+    app.router.add_get("/healthz", healthz)
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()
