@@ -140,6 +140,5 @@ async def post_events(request: web.Request) -> web.Response:
             "event duplicate" if answer.duplicate else "event accepted",
             extra={"event_id": answer.id, "event_name": event.name},
         )
-    return web.json_response(
-        {"accepted": [{"id": a.id, "duplicate": a.duplicate} for a in accepted]}, status=202
-    )
+    body = orjson.dumps({"accepted": [{"id": a.id, "duplicate": a.duplicate} for a in accepted]})
+    return web.Response(body=body, status=202, content_type="application/json")

@@ -86,7 +86,9 @@ class Templates:
             autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
             trim_blocks=True,
             lstrip_blocks=True,
+            auto_reload=False,  # a reload builds a new Templates; no stat() per render
         )
+        self._resolved: dict[tuple[str | None, str, str], str] = {}
         self.env.filters.update(builtin_filters())
         for name, function in filters.items():
             if name in self.env.filters:
@@ -104,9 +106,13 @@ class Templates:
 
     def resolve(self, template: str | None, event_name: str, channel_type: str) -> str:
         """The first existing template for this rule, event and channel type."""
+        key = (template, event_name, channel_type)
+        if key in self._resolved:
+            return self._resolved[key]
         names = self.candidates(template, event_name, channel_type)
         for name in names:
             if (self.directory / name).is_file():
+                self._resolved[key] = name
                 return name
         raise RenderError(f"no template found in {self.directory} (tried {', '.join(names)})")
 
@@ -124,7 +130,7 @@ class Templates:
         """Render template ``name`` and each of its blocks. Raises ``RenderError``."""
         try:
             template = self.env.get_template(name)
-            whole = template.render(context).strip()
+            whole = "" if "text" in template.blocks else template.render(context).strip()
             ctx = template.new_context(context)
             blocks = {}
             for block, render in template.blocks.items():

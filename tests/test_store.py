@@ -97,7 +97,8 @@ async def test_routing_and_claims_with_leases(store: SqliteStore, tmp_path: Path
     assert (job.key, job.event, job.attempts) == ("ev:r:a", b'{"metadata": {}}', 0)
     assert await store.claim_deliveries("a", 5, lease=30, now=now) == []
     await store.finish_delivery(job.id, "pending", attempts=1, now=now, next_attempt_at=now + 5)
-    assert await store.next_due() == pytest.approx(now + 5)
+    assert await store.next_due(["a", "b"]) == pytest.approx(now + 5)
+    assert await store.next_due(["b"]) is None
     assert await store.claim_deliveries("a", 5, lease=30, now=now + 1) == []
     [again] = await store.claim_deliveries("a", 5, lease=30, now=now + 5)
     assert again.attempts == 1

@@ -122,8 +122,8 @@ class Store(Protocol):
     ) -> None:
         """Record an attempt's result: ``pending`` (retry at next_attempt_at) or final."""
 
-    async def next_due(self) -> float | None:
-        """When the earliest pending delivery becomes due, or None if there is none."""
+    async def next_due(self, channels: list[str]) -> float | None:
+        """When the earliest pending delivery of these channels becomes due, or None."""
 
     async def list_deliveries(
         self, *, state: DeliveryState | None = None, limit: int = 100

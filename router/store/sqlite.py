@@ -32,18 +32,22 @@ Operation = Callable[[sqlite3.Connection], Any]
 MAX_BATCH = 512
 
 MIGRATIONS: list[str] = [
+    # The event body lives apart from its state so that marking an event routed
+    # rewrites a small row, not the whole payload.
     """
     CREATE TABLE events (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         id TEXT NOT NULL,
         name TEXT NOT NULL,
         received_at REAL NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('pending', 'routed', 'duplicate')),
-        payload BLOB,
-        lease_until REAL NOT NULL DEFAULT 0
+        state TEXT NOT NULL CHECK (state IN ('pending', 'routed', 'duplicate'))
     );
     CREATE INDEX events_by_id ON events (id, received_at);
     CREATE INDEX events_pending ON events (seq) WHERE state = 'pending';
+    CREATE TABLE event_payloads (
+        seq INTEGER PRIMARY KEY REFERENCES events (seq),
+        payload BLOB NOT NULL
+    );
     CREATE TABLE deliveries (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         key TEXT NOT NULL,
@@ -56,18 +60,20 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL,
         updated_at REAL NOT NULL,
         next_attempt_at REAL NOT NULL,
-        lease_until REAL NOT NULL DEFAULT 0,
-        last_error TEXT,
-        UNIQUE (event_seq, rule, channel)
+        last_error TEXT
     );
     CREATE INDEX deliveries_due ON deliveries (channel, next_attempt_at) WHERE state = 'pending';
-    CREATE INDEX deliveries_by_state ON deliveries (state, updated_at);
+    CREATE INDEX deliveries_dead ON deliveries (updated_at) WHERE state = 'dead';
     """,
 ]
 
 
 class SqliteStore:
-    """The default store: a SQLite file. One process owns the file at a time."""
+    """The default store: a SQLite file. One process owns the file at a time.
+
+    Because of that, leases live in memory (touched only by the writer thread): a
+    claim is a read, not a write, and a crash releases every lease by itself.
+    """
 
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
         self.path = path
@@ -78,6 +84,8 @@ class SqliteStore:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0  # transactions committed; with group commit, fewer than writes
+        self._event_leases: dict[int, float] = {}
+        self._delivery_leases: dict[int, float] = {}
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -117,9 +125,6 @@ class SqliteStore:
             conn.execute(f"PRAGMA user_version={number}")
             conn.execute("COMMIT")
             log.info("store migrated", extra={"store": self.path, "schema_version": number})
-        # Leases belong to this process only: whatever a crashed predecessor held is free.
-        conn.execute("UPDATE events SET lease_until = 0 WHERE state = 'pending'")
-        conn.execute("UPDATE deliveries SET lease_until = 0 WHERE state = 'pending'")
         return conn
 
     def _run(self, ready: asyncio.Future[None]) -> None:
@@ -153,27 +158,24 @@ class SqliteStore:
     def _commit_batch(
         self, conn: sqlite3.Connection, batch: list[tuple[Operation, asyncio.Future[Any]]]
     ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
-        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        """Run a batch in one transaction. If any operation fails, roll back and run
+        each one in a transaction of its own, so one bad write spoils nothing else."""
+        leases = dict(self._event_leases), dict(self._delivery_leases)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for operation, future in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = operation(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    results.append((future, False, exc))
-                else:
-                    results.append((future, True, value))
-                conn.execute("RELEASE op")
+            results = [(future, True, operation(conn)) for operation, future in batch]
             conn.execute("COMMIT")
             self.commits += 1
-        except sqlite3.Error as exc:
-            log.exception("store commit failed")
+            return results
+        except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            return [(future, False, exc) for _, future in batch]
-        return results
+            self._event_leases, self._delivery_leases = leases
+            if len(batch) == 1:
+                if isinstance(exc, sqlite3.OperationalError):
+                    log.error("store write failed: %s", exc)
+                return [(batch[0][1], False, exc)]
+        return [result for item in batch for result in self._commit_batch(conn, [item])]
 
     async def _call(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         if self._thread is None or self._loop is None:
@@ -195,11 +197,15 @@ class SqliteStore:
                     " AND state != 'duplicate' LIMIT 1",
                     (event_id, now - dedupe_window),
                 ).fetchone()
-                state = "duplicate" if seen else "pending"
-                conn.execute(
-                    "INSERT INTO events (id, name, received_at, state, payload) VALUES (?,?,?,?,?)",
-                    (event_id, name, now, state, None if seen else payload),
+                cursor = conn.execute(
+                    "INSERT INTO events (id, name, received_at, state) VALUES (?,?,?,?)",
+                    (event_id, name, now, "duplicate" if seen else "pending"),
                 )
+                if not seen:
+                    conn.execute(
+                        "INSERT INTO event_payloads (seq, payload) VALUES (?,?)",
+                        (cursor.lastrowid, payload),
+                    )
                 answers.append(Accepted(id=event_id, duplicate=bool(seen)))
             return answers
 
@@ -207,14 +213,16 @@ class SqliteStore:
 
     async def claim_events(self, limit: int, *, lease: float, now: float) -> list[InboxEvent]:
         def op(conn: sqlite3.Connection) -> list[InboxEvent]:
+            leased = self._event_leases = _live(self._event_leases, now)
             rows = conn.execute(
-                "UPDATE events SET lease_until = ? WHERE seq IN ("
-                " SELECT seq FROM events WHERE state = 'pending' AND lease_until <= ?"
-                " ORDER BY seq LIMIT ?)"
-                " RETURNING seq, id, name, payload, received_at",
-                (now + lease, now, limit),
+                "SELECT e.seq, e.id, e.name, p.payload, e.received_at FROM events e"
+                " JOIN event_payloads p ON p.seq = e.seq"
+                " WHERE e.state = 'pending' ORDER BY e.seq LIMIT ?",
+                (limit + len(leased),),
             ).fetchall()
-            return sorted((InboxEvent(*row) for row in rows), key=lambda e: e.seq)
+            events = [InboxEvent(*row) for row in rows if row[0] not in leased][:limit]
+            leased.update((event.seq, now + lease) for event in events)
+            return events
 
         return await self._call(op)
 
@@ -223,8 +231,15 @@ class SqliteStore:
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             for event, deliveries in routed:
+                marked = conn.execute(
+                    "UPDATE events SET state = 'routed' WHERE seq = ? AND state = 'pending'",
+                    (event.seq,),
+                )
+                self._event_leases.pop(event.seq, None)
+                if marked.rowcount == 0:
+                    continue  # routed already: a repeat must not double the jobs
                 conn.executemany(
-                    "INSERT OR IGNORE INTO deliveries (key, event_seq, rule, channel, message,"
+                    "INSERT INTO deliveries (key, event_seq, rule, channel, message,"
                     " state, created_at, updated_at, next_attempt_at, last_error)"
                     " VALUES (?,?,?,?,?,?,?,?,?,?)",
                     [
@@ -243,10 +258,6 @@ class SqliteStore:
                         for d in deliveries
                     ],
                 )
-                conn.execute(
-                    "UPDATE events SET state = 'routed', lease_until = 0 WHERE seq = ?",
-                    (event.seq,),
-                )
 
         await self._call(op)
 
@@ -256,26 +267,18 @@ class SqliteStore:
         self, channel: str, limit: int, *, lease: float, now: float
     ) -> list[DeliveryJob]:
         def op(conn: sqlite3.Connection) -> list[DeliveryJob]:
-            ids = [
-                row[0]
-                for row in conn.execute(
-                    "UPDATE deliveries SET lease_until = ? WHERE id IN ("
-                    " SELECT id FROM deliveries WHERE state = 'pending' AND channel = ?"
-                    " AND next_attempt_at <= ? AND lease_until <= ?"
-                    " ORDER BY next_attempt_at LIMIT ?) RETURNING id",
-                    (now + lease, channel, now, now, limit),
-                ).fetchall()
-            ]
-            if not ids:
-                return []
-            marks = ",".join("?" * len(ids))
+            leased = self._delivery_leases = _live(self._delivery_leases, now)
             rows = conn.execute(
-                "SELECT d.id, d.key, e.id, e.name, d.rule, d.channel, d.message, e.payload,"
+                "SELECT d.id, d.key, e.id, e.name, d.rule, d.channel, d.message, p.payload,"
                 " d.attempts, d.created_at FROM deliveries d JOIN events e ON e.seq = d.event_seq"
-                f" WHERE d.id IN ({marks}) ORDER BY d.next_attempt_at",
-                ids,
+                " JOIN event_payloads p ON p.seq = d.event_seq"
+                " WHERE d.state = 'pending' AND d.channel = ? AND d.next_attempt_at <= ?"
+                " ORDER BY d.next_attempt_at LIMIT ?",
+                (channel, now, limit + len(leased)),
             ).fetchall()
-            return [DeliveryJob(*row) for row in rows]
+            jobs = [DeliveryJob(*row) for row in rows if row[0] not in leased][:limit]
+            leased.update((job.id, now + lease) for job in jobs)
+            return jobs
 
         return await self._call(op)
 
@@ -292,19 +295,24 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE deliveries SET state = ?, attempts = ?, updated_at = ?,"
-                " next_attempt_at = ?, lease_until = 0, last_error = ? WHERE id = ?",
+                " next_attempt_at = ?, last_error = ? WHERE id = ?",
                 (state, attempts, now, next_attempt_at or now, error, delivery_id),
             )
+            self._delivery_leases.pop(delivery_id, None)
 
         await self._call(op)
 
-    async def next_due(self) -> float | None:
+    async def next_due(self, channels: list[str]) -> float | None:
         def op(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute(
-                "SELECT min(max(next_attempt_at, lease_until)) FROM deliveries"
-                " WHERE state = 'pending'"
-            ).fetchone()
-            return row[0]
+            due = [
+                conn.execute(
+                    "SELECT min(next_attempt_at) FROM deliveries"
+                    " WHERE state = 'pending' AND channel = ?",
+                    (channel,),
+                ).fetchone()[0]
+                for channel in channels
+            ]
+            return min((when for when in due if when is not None), default=None)
 
         return await self._call(op)
 
@@ -327,7 +335,7 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> int:
             sql = (
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                " updated_at = ?, lease_until = 0 WHERE state = 'dead'"
+                " updated_at = ? WHERE state = 'dead'"
             )
             args: list[Any] = [now, now]
             if delivery_ids is not None:
@@ -339,14 +347,24 @@ class SqliteStore:
 
     async def counts(self) -> StoreCounts:
         def op(conn: sqlite3.Connection) -> StoreCounts:
-            events = conn.execute("SELECT count(*) FROM events WHERE state = 'pending'").fetchone()
-            pending, dead = conn.execute(
-                "SELECT count(*) FILTER (WHERE state = 'pending'),"
-                " count(*) FILTER (WHERE state = 'dead') FROM deliveries"
+            # Each count is answered by a partial index, not a table scan.
+            (events,) = conn.execute(
+                "SELECT count(*) FROM events WHERE state = 'pending'"
             ).fetchone()
-            return StoreCounts(events_pending=events[0], deliveries_pending=pending, dead=dead)
+            (pending,) = conn.execute(
+                "SELECT count(*) FROM deliveries WHERE state = 'pending'"
+            ).fetchone()
+            (dead,) = conn.execute(
+                "SELECT count(*) FROM deliveries WHERE state = 'dead'"
+            ).fetchone()
+            return StoreCounts(events_pending=events, deliveries_pending=pending, dead=dead)
 
         return await self._call(op)
+
+
+def _live(leases: dict[int, float], now: float) -> dict[int, float]:
+    """The leases that have not expired."""
+    return {key: until for key, until in leases.items() if until > now}
 
 
 def _settle_result(future: asyncio.Future[Any], value: Any) -> None:
