@@ -75,12 +75,27 @@ def _template_line(exc: BaseException, name: str) -> int | None:
     return line
 
 
+class EventSandbox(SandboxedEnvironment):
+    """The sandbox, with one change: ``body.user`` on a dict looks up the key first.
+
+    Event data is plain dicts, so a field named like a dict method (``items``,
+    ``values``) means the field; and the common case no longer costs an
+    AttributeError per dotted name. Everything that is not a dict key goes through
+    the sandbox's own checks.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
 class Templates:
     """The templates directory, loaded into a sandboxed environment with strict undefineds."""
 
     def __init__(self, directory: Path, filters: Mapping[str, Callable[..., Any]] = {}) -> None:
         self.directory = Path(directory)
-        self.env = SandboxedEnvironment(
+        self.env = EventSandbox(
             loader=jinja2.FileSystemLoader(self.directory),
             undefined=jinja2.StrictUndefined,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
@@ -89,6 +104,7 @@ class Templates:
             auto_reload=False,  # a reload builds a new Templates; no stat() per render
         )
         self._resolved: dict[tuple[str | None, str, str], str] = {}
+        self._globals = dict(self.env.globals)
         self.env.filters.update(builtin_filters())
         for name, function in filters.items():
             if name in self.env.filters:
@@ -131,7 +147,8 @@ class Templates:
         try:
             template = self.env.get_template(name)
             whole = "" if "text" in template.blocks else template.render(context).strip()
-            ctx = template.new_context(context)
+            # shared=True skips merging the globals ChainMap on every render.
+            ctx = template.new_context({**self._globals, **context}, shared=True)
             blocks = {}
             for block, render in template.blocks.items():
                 try:
