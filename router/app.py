@@ -43,7 +43,7 @@ def build_router(settings: Settings, plugins: Plugins) -> Router:
 
 def create_app(settings: Settings, *, plugins: Plugins | None = None) -> web.Application:
     """Build the service. Raises ``ConfigErrors`` when the rules file is invalid."""
-    app = web.Application()
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[PLUGINS] = plugins or load_plugins(
         plugins_dir=settings.plugins_dir, blocked=settings.plugins_block

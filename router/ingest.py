@@ -42,13 +42,10 @@ def _looks_like_jwt(data: bytes) -> bool:
 async def _read(request: web.Request, limit: int) -> bytes | web.Response:
     if request.content_length is not None and request.content_length > limit:
         return problem(413, f"body is {request.content_length} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            return problem(413, f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await request.read()  # the app's client_max_size is the same limit
+    except web.HTTPRequestEntityTooLarge:
+        return problem(413, f"body exceeds the limit of {limit} bytes")
 
 
 def _authorized(request: web.Request) -> bool:

@@ -1,6 +1,7 @@
 """Message templates: a sandboxed Jinja2 environment, template lookup, and rendering
 into the blocks a channel picks from (``title``, ``text``, ``html``, ``json``, ...)."""
 
+import functools
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,12 +55,16 @@ def localtime(
     moment = parse_timestamp(value)
     if moment is None:
         return "" if value is None else str(value)
-    if zone:
-        try:
-            moment = moment.astimezone(ZoneInfo(zone))
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    return moment.strftime(fmt)
+    tz = _zone(zone) if zone else None
+    return (moment.astimezone(tz) if tz else moment).strftime(fmt)
+
+
+@functools.lru_cache(maxsize=256)
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
 
 
 def builtin_filters() -> dict[str, Callable[..., Any]]:
