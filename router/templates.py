@@ -1,21 +1,19 @@
 """Message templates: a sandboxed Jinja2 environment, template lookup, and rendering
 into the blocks a channel picks from (``title``, ``text``, ``html``, ``json``, ...)."""
 
-import functools
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from router.events import parse_timestamp
+from router.filters import builtin_filters
 
-__all__ = ["RenderError", "Rendered", "Templates", "builtin_filters"]
+__all__ = ["RenderError", "Rendered", "Templates", "template_context"]
 
 SUFFIX = ".j2"
 
@@ -32,44 +30,6 @@ class Rendered:
     title: str
     text: str
     blocks: dict[str, str] = field(default_factory=dict)
-
-
-def local_id(value: Any) -> str:
-    """Canvas global id to local id: ``21070000000000565`` -> ``565`` (shard * 10^13 + id)."""
-    text = str(value)
-    if text.isdigit() and len(text) > 13:
-        return str(int(text) % 10**13)
-    return text
-
-
-@jinja2.pass_context
-def localtime(
-    context: jinja2.runtime.Context,
-    value: Any,
-    zone: str | None = None,
-    fmt: str = "%Y-%m-%d %H:%M %Z",
-) -> str:
-    """Format a Canvas timestamp in ``zone`` (an IANA name), by default the event's
-    ``metadata.time_zone``; unparsable input is shown as it is."""
-    zone = zone or context.get("time_zone")
-    moment = parse_timestamp(value)
-    if moment is None:
-        return "" if value is None else str(value)
-    tz = _zone(zone) if zone else None
-    return (moment.astimezone(tz) if tz else moment).strftime(fmt)
-
-
-@functools.lru_cache(maxsize=256)
-def _zone(name: str) -> ZoneInfo | None:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
-
-
-def builtin_filters() -> dict[str, Callable[..., Any]]:
-    """The filters every template gets before plugins add theirs."""
-    return {"local_id": local_id, "localtime": localtime}
 
 
 def _template_line(exc: BaseException, name: str) -> int | None:

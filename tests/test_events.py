@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from router.events import Event, canonical_json, event_identity, parse_timestamp
+from router.filters import local_id
 from router.redact import Redactor
-from router.templates import local_id
 from tests.conftest import all_examples, example
 
 
