@@ -1,19 +1,24 @@
 """Routing: turn each accepted event into delivery jobs, one per (rule, channel).
 
-The worker leases unrouted events from the store, matches them against the rules,
-renders each message, and records all of an event's jobs and its "routed" mark in
-one transaction, so a crash at any point neither loses nor doubles a job.
+The worker leases unrouted events from the store, evaluates the rules, renders each
+message, and records all of an event's jobs, digest memberships, its entity snapshot
+and its "routed" mark in one transaction, so a crash at any point neither loses nor
+doubles a job. It also flushes digest groups whose wait is over.
 """
 
 import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
-from router.rules import RuleSet
-from router.store import InboxEvent, NewDelivery, Store
+from router.matching import MISSING, MatchContext, lookup
+from router.rules import Rule, RuleSet
+from router.snapshots import entity_key, merge_snapshot, previous_event
+from router.store import DigestEntry, DueDigest, InboxEvent, NewDelivery, RoutedEvent, Store
 from router.templates import RenderError, Templates, template_context
 
 log = logging.getLogger(__name__)
@@ -27,44 +32,163 @@ def delivery_key(event_id: str, rule: str, channel: str) -> str:
     return f"{event_id}:{rule}:{channel}"
 
 
+@dataclass
+class Decision:
+    """What routing decided for one event, with the reasons (for ``router test``)."""
+
+    routed: RoutedEvent
+    fired: list[Rule]
+    skipped: dict[str, str] = field(default_factory=dict)
+    rendered: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+
 class Router:
-    """Matches events to rules and renders their messages (no I/O: usable by ``router test``)."""
+    """Evaluates rules and renders messages; no I/O, so ``router test`` uses it too."""
 
     def __init__(self, rules: RuleSet, templates: Templates) -> None:
         self.rules = rules
         self.templates = templates
 
-    def route(self, event: InboxEvent) -> list[NewDelivery]:
-        """The delivery jobs for one event; a job whose message cannot be rendered is
-        returned with its error so it lands in the dead letters instead of vanishing."""
-        payload = orjson.loads(event.payload)
-        jobs = []
-        for rule in self.rules.match(event.name):
+    def decide(
+        self,
+        event: InboxEvent,
+        payload: dict[str, Any],
+        snapshot: dict[str, Any] | None,
+        *,
+        now: float,
+        explain: bool = False,
+    ) -> Decision:
+        """Route one event (``payload`` is its parsed JSON) given its entity's snapshot."""
+        previous = previous_event(payload, snapshot)
+        ctx = MatchContext(payload, previous)
+        fired = self.rules.evaluate(event.name, ctx)
+        skipped = {}
+        if explain:
+            for rule in self.rules.selecting(event.name):
+                if rule not in fired:
+                    skipped[rule.name] = rule.explain(ctx) or "an earlier rule has continue: false"
+        variables = template_context(
+            payload,
+            event_id=event.id,
+            rule="",
+            channel="",
+            previous=None if previous is None else previous.get("body"),
+            default_time_zone=self.rules.defaults.time_zone,
+        )
+        deliveries: list[NewDelivery] = []
+        digests: list[DigestEntry] = []
+        rendered: dict[tuple[str, str], dict[str, Any]] = {}
+        for rule in fired:
+            if rule.digest is not None:
+                group = {path: _plain(lookup(payload, path)) for path in rule.digest.group_by}
+                digests.append(
+                    DigestEntry(
+                        rule.name,
+                        orjson.dumps(group, option=orjson.OPT_SORT_KEYS).decode(),
+                        now + rule.digest.wait,
+                        rule.digest.max,
+                    )
+                )
+                continue
+            throttle = self._throttle(rule, variables, now)
             for channel in rule.notify:
-                key = delivery_key(event.id, rule.name, channel)
-                message, error = b"{}", None
-                try:
-                    ctype = self.rules.channels[channel].type.name
-                    name = self.templates.resolve(rule.template, event.name, ctype)
-                    context = template_context(
-                        payload, event_id=event.id, rule=rule.name, channel=channel
+                job = self._job(event, rule, channel, variables, throttle)
+                deliveries.append(job)
+                if explain:
+                    rendered[(rule.name, channel)] = orjson.loads(job.message) | (
+                        {"error": job.error} if job.error else {}
                     )
-                    rendered = self.templates.render(name, context)
-                    message = orjson.dumps(
-                        {
-                            "template": rendered.template,
-                            "title": rendered.title,
-                            "text": rendered.text,
-                            "blocks": rendered.blocks,
-                        }
-                    )
-                except RenderError as exc:
-                    error = str(exc)
-                except Exception as exc:
-                    log.exception("routing failed", extra={"event_id": event.id, "rule": rule.name})
-                    error = f"routing failed: {type(exc).__name__}: {exc}"
-                jobs.append(NewDelivery(key, rule.name, channel, message, error))
+        key = entity_key(payload)
+        new_snapshot = None
+        if key is not None:
+            merged = merge_snapshot(snapshot, payload)
+            new_snapshot = (key, orjson.dumps(merged))
+        return Decision(
+            RoutedEvent(event, deliveries, digests, new_snapshot), fired, skipped, rendered
+        )
+
+    def _throttle(
+        self, rule: Rule, variables: dict[str, Any], now: float
+    ) -> tuple[str, float] | None:
+        if rule.throttle is None:
+            return None
+        key = ""
+        if rule.throttle.key:
+            try:
+                key = self.templates.env.from_string(rule.throttle.key).render(variables)
+            except Exception as exc:
+                log.warning(
+                    "throttle key failed to render", extra={"rule": rule.name, "error": str(exc)}
+                )
+                key = "(unrenderable key)"
+        return (f"{rule.name}:{key}", now + rule.throttle.per)
+
+    def _job(
+        self,
+        event: InboxEvent,
+        rule: Rule,
+        channel: str,
+        variables: dict[str, Any],
+        throttle: tuple[str, float] | None,
+    ) -> NewDelivery:
+        """One delivery; a message that cannot be rendered is born dead with its error,
+        so it lands in the dead letters instead of vanishing."""
+        key = delivery_key(event.id, rule.name, channel)
+        try:
+            ctype = self.rules.channels[channel].type.name
+            name = self.templates.resolve(rule.template, event.name, ctype)
+            message = self._render(name, {**variables, "rule": rule.name, "channel": channel})
+            return NewDelivery(key, rule.name, channel, message, throttle=throttle)
+        except RenderError as exc:
+            return NewDelivery(key, rule.name, channel, b"{}", str(exc), throttle)
+        except Exception as exc:
+            log.exception("routing failed", extra={"event_id": event.id, "rule": rule.name})
+            error = f"routing failed: {type(exc).__name__}: {exc}"
+            return NewDelivery(key, rule.name, channel, b"{}", error, throttle)
+
+    def _render(self, name: str, variables: dict[str, Any]) -> bytes:
+        rendered = self.templates.render(name, variables)
+        return orjson.dumps(
+            {
+                "template": rendered.template,
+                "title": rendered.title,
+                "text": rendered.text,
+                "blocks": rendered.blocks,
+            }
+        )
+
+    def digest_jobs(self, digest: DueDigest) -> list[NewDelivery]:
+        """The deliveries of a due digest group: one message listing all its events."""
+        rule = self.rules.rule_named(digest.rule)
+        if rule is None or not digest.events:
+            log.warning("digest dropped: its rule is gone", extra={"rule": digest.rule})
+            return []
+        events = [orjson.loads(e.payload) for e in digest.events]
+        first = digest.events[0]
+        variables = template_context(
+            events[0],
+            event_id=first.id,
+            rule=rule.name,
+            channel="",
+            previous=None,
+            default_time_zone=self.rules.defaults.time_zone,
+        )
+        variables.update(events=events, count=len(events), group=orjson.loads(digest.group))
+        jobs = []
+        for channel in rule.notify:
+            key = f"digest-{digest.id}:{rule.name}:{channel}"
+            try:
+                ctype = self.rules.channels[channel].type.name
+                name = self.templates.resolve_digest(rule.template, ctype)
+                message = self._render(name, {**variables, "channel": channel})
+                jobs.append(NewDelivery(key, rule.name, channel, message))
+            except (RenderError, KeyError) as exc:
+                jobs.append(NewDelivery(key, rule.name, channel, b"{}", str(exc)))
         return jobs
+
+
+def _plain(value: Any) -> Any:
+    return None if value is MISSING else value
 
 
 class RoutingWorker:
@@ -82,6 +206,7 @@ class RoutingWorker:
         self.router = router
         self.on_routed = on_routed
         self.clock = clock
+        self.suppressed = 0
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -94,6 +219,7 @@ class RoutingWorker:
             self._wake.clear()
             try:
                 routed = await self.route_once()
+                routed += await self.flush_digests()
             except Exception:
                 log.exception("routing batch failed; retrying in 1s")
                 await asyncio.sleep(1.0)
@@ -112,11 +238,44 @@ class RoutingWorker:
         if not events:
             return 0
         router = self.router()
-        routed = [(event, router.route(event)) for event in events]
-        await self.store.record_routing(routed, now=self.clock())
-        for event, jobs in routed:
+        payloads = {e.seq: orjson.loads(e.payload) for e in events}
+        keys = {seq: entity_key(payload) for seq, payload in payloads.items()}
+        stored = await self.store.load_snapshots([k for k in keys.values() if k])
+        snapshots: dict[str, dict[str, Any] | None] = {
+            k: orjson.loads(v) for k, v in stored.items()
+        }
+        routed = []
+        now = self.clock()
+        for event in events:
+            key = keys[event.seq]
+            snapshot = snapshots.get(key) if key else None
+            decision = router.decide(event, payloads[event.seq], snapshot, now=now)
+            if decision.routed.snapshot is not None and key:
+                snapshots[key] = orjson.loads(decision.routed.snapshot[1])
+            routed.append(decision.routed)
             log.debug(
                 "event routed",
-                extra={"event_id": event.id, "event_name": event.name, "deliveries": len(jobs)},
+                extra={
+                    "event_id": event.id,
+                    "event_name": event.name,
+                    "rules": [r.name for r in decision.fired],
+                },
             )
+        suppressed = await self.store.record_routing(routed, now=self.clock())
+        self.suppressed += len(suppressed)
+        for rule in suppressed:
+            log.info("delivery throttled", extra={"rule": rule})
         return len(events)
+
+    async def flush_digests(self) -> int:
+        """Send the digest groups that are due; return how many were sent."""
+        due = await self.store.claim_due_digests(32, lease=LEASE_SECONDS, now=self.clock())
+        router = self.router()
+        for digest in due:
+            jobs = router.digest_jobs(digest)
+            await self.store.record_digest(digest.id, jobs, now=self.clock())
+            log.info(
+                "digest sent",
+                extra={"rule": digest.rule, "events": len(digest.events), "deliveries": len(jobs)},
+            )
+        return len(due)

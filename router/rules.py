@@ -9,12 +9,15 @@ import difflib
 import fnmatch
 import functools
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
 from router.channels import ChannelConfig
 from router.config_source import (
@@ -25,10 +28,22 @@ from router.config_source import (
     expand_env,
     load_yaml,
 )
+from router.matching import MISSING, AllOf, MatchContext, PathCondition, compile_match, lookup
 from router.plugins import ChannelType
 from router.templates import Templates
 
-__all__ = ["ChannelDef", "ChannelOptions", "RuleSet", "RuleSpec", "RulesFile", "load_rules"]
+__all__ = [
+    "ChannelDef",
+    "ChannelOptions",
+    "Digest",
+    "Rule",
+    "RuleSet",
+    "RuleSpec",
+    "RulesFile",
+    "Throttle",
+    "load_rules",
+    "parse_duration",
+]
 
 HOST_CHANNEL_KEYS = ("type", "concurrency", "timeout", "max_attempts", "log_only")
 
@@ -45,16 +60,115 @@ class ChannelOptions(BaseModel):
     log_only: bool = False
 
 
-class RuleSpec(BaseModel):
-    """One routing rule: which events, which channels, which template."""
+def parse_duration(value: Any) -> float:
+    """``30s``, ``10m``, ``1h``, ``2d`` or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        seconds = float(match[1]) * _UNITS[match[2] or "s"]
+    else:
+        raise ValueError("expects a duration such as 30s, 10m, 1h or 2d")
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Throttle(BaseModel):
+    """At most one notification per rule and key per window; the rest are counted."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    key: str = Field("", description="template of the key, e.g. '{{ body.user.id }}'")
+    per: Duration
+
+
+class Digest(BaseModel):
+    """Collect matching events into groups and send one message per group."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group_by: list[str] = Field(default_factory=list)
+    wait: Duration
+    max: int = Field(50, ge=1, le=10_000)
+
+
+class Defaults(BaseModel):
+    """Settings that apply to every rule that does not say otherwise."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    time_zone: str | None = None
+    throttle: Throttle | None = None
+
+
+class RuleSpec(BaseModel):
+    """One routing rule as written: which events, which conditions, which channels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     name: str = Field(min_length=1)
     events: list[str] = Field(min_length=1)
+    match: dict[str, Any] | None = None
+    if_: str | None = Field(None, alias="if")
     notify: list[str] = Field(min_length=1)
     template: str | None = None
     enabled: bool = True
+    continue_: bool = Field(True, alias="continue")
+    throttle: Throttle | None = None
+    digest: Digest | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule ready to evaluate: its spec with conditions and expression compiled."""
+
+    spec: RuleSpec
+    condition: AllOf
+    expression: Callable[..., Any] | None
+    throttle: Throttle | None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def notify(self) -> list[str]:
+        return self.spec.notify
+
+    @property
+    def template(self) -> str | None:
+        return self.spec.template
+
+    @property
+    def digest(self) -> Digest | None:
+        return self.spec.digest
+
+    def explain(self, ctx: MatchContext) -> str | None:
+        """None when the rule's conditions hold for this event, else the first reason."""
+        reason = self.condition.explain(ctx)
+        if reason is None and self.expression is not None:
+            try:
+                ok = bool(self.expression(**expression_vars(ctx)))
+            except Exception as exc:
+                return f"if: {self.spec.if_!r} failed: {type(exc).__name__}: {exc}"
+            reason = None if ok else f"if: {self.spec.if_!r} is false"
+        return reason
+
+
+def expression_vars(ctx: MatchContext) -> dict[str, Any]:
+    """The names an ``if:`` expression sees."""
+    event = ctx.event
+    return {
+        "event": event,
+        "metadata": event.get("metadata") or {},
+        "body": event.get("body") or {},
+        "previous": ctx.previous,
+    }
 
 
 class RulesFile(BaseModel):
@@ -64,6 +178,7 @@ class RulesFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[1]
+    defaults: Defaults = Field(default_factory=Defaults)
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     rules: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -86,38 +201,103 @@ class ChannelDef:
     config: ChannelConfig
 
 
+def _index_key(value: Any) -> Hashable | None:
+    """How equality conditions are indexed: ``"79"`` and ``79`` share a key (as they
+    compare equal in rules); lists and mappings are not indexed."""
+    if isinstance(value, bool) or value is None:
+        return ("v", value)
+    if isinstance(value, str | int | float):
+        return ("s", str(value))
+    return None
+
+
+@dataclass
+class _Bucket:
+    """The rules that select one event name, indexed by their first equality condition."""
+
+    plain: list[int]
+    by_value: dict[str, dict[Hashable, list[int]]]
+
+    def candidates(self, event: Mapping[str, Any]) -> list[int]:
+        found = list(self.plain)
+        for path, table in self.by_value.items():
+            value = lookup(event, path)
+            key = None if value is MISSING else _index_key(value)
+            if key is not None:
+                found.extend(table.get(key, ()))
+        return sorted(found)
+
+
 @dataclass
 class RuleSet:
-    """A loaded, valid rules file, with matching indexed by event name."""
+    """A loaded, valid rules file. Evaluation is indexed by event name and by each
+    rule's first equality condition, so its cost hardly grows with the number of rules."""
 
     file: str
     channels: dict[str, ChannelDef]
-    rules: list[RuleSpec]
+    rules: list[Rule]
+    defaults: Defaults = field(default_factory=Defaults)
     secrets: set[str] = field(default_factory=set)
     _exact: dict[str, list[int]] = field(default_factory=dict, repr=False)
     _globs: list[tuple[str, int]] = field(default_factory=list, repr=False)
-    _cache: dict[str, list[RuleSpec]] = field(default_factory=dict, repr=False)
+    _buckets: dict[str, _Bucket] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for index, rule in enumerate(self.rules):
-            if not rule.enabled:
+            if not rule.spec.enabled:
                 continue
-            for pattern in rule.events:
+            for pattern in rule.spec.events:
                 if any(ch in pattern for ch in "*?["):
                     self._globs.append((pattern, index))
                 else:
                     self._exact.setdefault(pattern, []).append(index)
 
-    def match(self, event_name: str) -> list[RuleSpec]:
-        """The enabled rules that select ``event_name``, in file order."""
-        hit = self._cache.get(event_name)
-        if hit is None:
-            indexes = set(self._exact.get(event_name, ()))
-            indexes.update(i for p, i in self._globs if fnmatch.fnmatchcase(event_name, p))
-            hit = [self.rules[i] for i in sorted(indexes)]
-            if len(self._cache) < 10_000:
-                self._cache[event_name] = hit
-        return hit
+    def _bucket(self, event_name: str) -> _Bucket:
+        bucket = self._buckets.get(event_name)
+        if bucket is None:
+            selected = set(self._exact.get(event_name, ()))
+            selected.update(i for p, i in self._globs if fnmatch.fnmatchcase(event_name, p))
+            bucket = _Bucket(plain=[], by_value={})
+            for index in sorted(selected):
+                first = next(
+                    (
+                        c
+                        for c in self.rules[index].condition.conditions
+                        if isinstance(c, PathCondition) and c.op.name == "equals"
+                    ),
+                    None,
+                )
+                key = None if first is None else _index_key(first.operand)
+                if first is None or key is None:
+                    bucket.plain.append(index)
+                else:
+                    bucket.by_value.setdefault(first.path, {}).setdefault(key, []).append(index)
+            if len(self._buckets) < 10_000:  # unknown event names are unbounded
+                self._buckets[event_name] = bucket
+        return bucket
+
+    def rule_named(self, name: str) -> Rule | None:
+        """The rule with this name, if the file has one."""
+        return next((rule for rule in self.rules if rule.name == name), None)
+
+    def selecting(self, event_name: str) -> list[Rule]:
+        """The enabled rules whose ``events`` select this event name, in file order."""
+        bucket = self._bucket(event_name)
+        indexes = sorted(
+            [*bucket.plain, *(i for t in bucket.by_value.values() for v in t.values() for i in v)]
+        )
+        return [self.rules[i] for i in indexes]
+
+    def evaluate(self, event_name: str, ctx: MatchContext) -> list[Rule]:
+        """The rules that fire for this event, in file order, honouring ``continue: false``."""
+        fired = []
+        for index in self._bucket(event_name).candidates(ctx.event):
+            rule = self.rules[index]
+            if rule.explain(ctx) is None:
+                fired.append(rule)
+                if not rule.spec.continue_:
+                    break
+        return fired
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -164,31 +344,32 @@ def _check_channels(
 
 def _check_rules(
     raw: list[dict[str, Any]],
-    channels: Mapping[str, dict[str, Any]],
+    parsed: RulesFile,
     source: SourceMap,
     templates: Templates | None,
     errors: list[ConfigError],
-) -> list[RuleSpec]:
-    rules: list[RuleSpec] = []
+) -> list[Rule]:
+    rules: list[Rule] = []
     seen: dict[str, int] = {}
+    channels = parsed.channels
     names = list(channels)
+    env = templates.env if templates is not None else _plain_sandbox()
     for index, entry in enumerate(raw):
         loc = ("rules", index)
         try:
-            rule = RuleSpec.model_validate(entry)
+            spec = RuleSpec.model_validate(entry)
         except ValidationError as exc:
             errors.extend(errors_from_validation(exc, source, RuleSpec, loc))
             continue
-        rules.append(rule)
-        if rule.name in seen:
+        if spec.name in seen:
             errors.append(
                 source.error(
                     (*loc, "name"),
-                    f"duplicate rule name {rule.name!r} (also rules[{seen[rule.name]}])",
+                    f"duplicate rule name {spec.name!r} (also rules[{seen[spec.name]}])",
                 )
             )
-        seen.setdefault(rule.name, index)
-        for position, channel in enumerate(rule.notify):
+        seen.setdefault(spec.name, index)
+        for position, channel in enumerate(spec.notify):
             if channel not in channels:
                 errors.append(
                     source.error(
@@ -196,11 +377,43 @@ def _check_rules(
                         f"unknown channel {channel!r}{_suggest(channel, names)}",
                     )
                 )
-            elif templates is not None and rule.template is not None:
-                problem = _template_problem(templates, rule.template, channel, channels[channel])
+            elif templates is not None and spec.template is not None:
+                problem = _template_problem(templates, spec.template, channel, channels[channel])
                 if problem:
                     errors.append(source.error((*loc, "template"), problem))
+        rules.append(_compile_rule(spec, loc, parsed.defaults, env, source, errors))
     return rules
+
+
+def _plain_sandbox() -> SandboxedEnvironment:
+    return SandboxedEnvironment(undefined=jinja2.StrictUndefined)
+
+
+def _compile_rule(
+    spec: RuleSpec,
+    loc: tuple[str | int, ...],
+    defaults: Defaults,
+    env: jinja2.Environment,
+    source: SourceMap,
+    errors: list[ConfigError],
+) -> Rule:
+    def error(where: tuple[str | int, ...], message: str) -> None:
+        errors.append(source.error(where, message))
+
+    condition = compile_match(spec.match or {}, (*loc, "match"), error)
+    expression = None
+    if spec.if_ is not None:
+        try:
+            expression = env.compile_expression(spec.if_)
+        except jinja2.TemplateError as exc:
+            error((*loc, "if"), f"invalid expression: {exc}")
+    throttle = spec.throttle or defaults.throttle
+    if throttle is not None and throttle.key:
+        try:
+            env.from_string(throttle.key)
+        except jinja2.TemplateError as exc:
+            error((*loc, "throttle", "key"), f"invalid template: {exc}")
+    return Rule(spec=spec, condition=condition, expression=expression, throttle=throttle)
 
 
 def _template_problem(
@@ -238,7 +451,9 @@ def load_rules(
     except ValidationError as exc:
         raise ConfigErrors(errors + errors_from_validation(exc, source, RulesFile)) from None
     channels = _check_channels(parsed.channels, source, channel_types, errors)
-    rules = _check_rules(parsed.rules, parsed.channels, source, templates, errors)
+    rules = _check_rules(parsed.rules, parsed, source, templates, errors)
     if errors:
         raise ConfigErrors(errors)
-    return RuleSet(file=file, channels=channels, rules=rules, secrets=secrets)
+    return RuleSet(
+        file=file, channels=channels, rules=rules, defaults=parsed.defaults, secrets=secrets
+    )

@@ -60,21 +60,28 @@ class Templates:
 
     def __init__(self, directory: Path, filters: Mapping[str, Callable[..., Any]] = {}) -> None:
         self.directory = Path(directory)
-        self.env = EventSandbox(
-            loader=jinja2.FileSystemLoader(self.directory),
-            undefined=jinja2.StrictUndefined,
-            autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
-            trim_blocks=True,
-            lstrip_blocks=True,
-            auto_reload=False,  # a reload builds a new Templates; no stat() per render
+        # Two compilations of the same files: the ``html`` block is always rendered
+        # with autoescaping, every other block (plain text, JSON) without.
+        self.env, self.html_env = (
+            EventSandbox(
+                loader=jinja2.FileSystemLoader(self.directory),
+                undefined=jinja2.StrictUndefined,
+                autoescape=autoescape,
+                trim_blocks=True,
+                lstrip_blocks=True,
+                auto_reload=False,  # a reload builds a new Templates; no stat() per render
+            )
+            for autoescape in (False, True)
         )
         self._resolved: dict[tuple[str | None, str, str], str] = {}
         self._globals = dict(self.env.globals)
-        self.env.filters.update(builtin_filters())
+        all_filters = builtin_filters()
         for name, function in filters.items():
-            if name in self.env.filters:
+            if name in all_filters:
                 raise ValueError(f"template filter {name!r} already exists")
-            self.env.filters[name] = function
+            all_filters[name] = function
+        self.env.filters.update(all_filters)
+        self.html_env.filters.update(all_filters)
 
     def candidates(self, template: str | None, event_name: str, channel_type: str) -> list[str]:
         """Names tried in order: ``<t>.<type>.j2``, ``<t>.j2``, then ``default.<type>.j2``,
@@ -87,10 +94,26 @@ class Templates:
 
     def resolve(self, template: str | None, event_name: str, channel_type: str) -> str:
         """The first existing template for this rule, event and channel type."""
-        key = (template, event_name, channel_type)
+        return self._first((template, event_name, channel_type), self.candidates)
+
+    def resolve_digest(self, template: str | None, channel_type: str) -> str:
+        """The template of a digest: ``<t>.digest.<type>.j2``, ``<t>.digest.j2`` for a
+        rule's template ``<t>``, then ``digest.<type>.j2``, ``digest.j2``."""
+
+        def names(template: str | None, _: str, channel_type: str) -> list[str]:
+            bases = [f"{template}.digest", "digest"] if template else ["digest"]
+            return [f"{b}{s}{SUFFIX}" for b in bases for s in (f".{channel_type}", "")]
+
+        return self._first((template, "(digest)", channel_type), names)
+
+    def _first(
+        self,
+        key: tuple[str | None, str, str],
+        candidates: Callable[[str | None, str, str], list[str]],
+    ) -> str:
         if key in self._resolved:
             return self._resolved[key]
-        names = self.candidates(template, event_name, channel_type)
+        names = candidates(*key)
         for name in names:
             if (self.directory / name).is_file():
                 self._resolved[key] = name
@@ -120,6 +143,13 @@ class Templates:
                     blocks[block] = "".join(render(ctx)).strip()
                 except Exception:
                     self.env.handle_exception()  # re-raises with template line numbers
+            if "html" in blocks:
+                html = self.html_env.get_template(name)
+                html_ctx = html.new_context({**self._globals, **context}, shared=True)
+                try:
+                    blocks["html"] = "".join(html.blocks["html"](html_ctx)).strip()
+                except Exception:
+                    self.html_env.handle_exception()
         except jinja2.TemplateSyntaxError as exc:
             raise RenderError(f"template {name} line {exc.lineno}: {exc.message}") from None
         except Exception as exc:
@@ -134,16 +164,27 @@ class Templates:
         )
 
 
-def template_context(event: dict[str, Any], *, event_id: str, rule: str, channel: str) -> dict:
-    """The variables a template sees."""
+def template_context(
+    event: dict[str, Any],
+    *,
+    event_id: str,
+    rule: str,
+    channel: str,
+    previous: dict[str, Any] | None = None,
+    default_time_zone: str | None = None,
+) -> dict[str, Any]:
+    """The variables a template sees. ``previous`` is the entity's body as the router
+    last knew it (None when unknown); digests add ``events``, ``count`` and ``group``."""
+    metadata = event.get("metadata") or {}
     return {
         "event": event,
-        "metadata": event.get("metadata") or {},
+        "metadata": metadata,
         "body": event.get("body") or {},
+        "previous": previous,
         "event_id": event_id,
-        "event_name": (event.get("metadata") or {}).get("event_name", ""),
+        "event_name": metadata.get("event_name", ""),
         "rule": rule,
         "channel": channel,
         "now": datetime.now().astimezone(),
-        "time_zone": (event.get("metadata") or {}).get("time_zone") or "UTC",
+        "time_zone": metadata.get("time_zone") or default_time_zone or "UTC",
     }

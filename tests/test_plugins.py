@@ -113,7 +113,7 @@ def test_plugins_dir_and_every_kind_of_broken_plugin(tmp_path: Path) -> None:
     )
     plugins = load_plugins(plugins_dir=directory)
     problems = {p.plugin: p.message for p in plugins.problems}
-    assert set(plugins.channel_types) == {"webhook", "pager"}
+    assert set(plugins.channel_types) == {"email", "slack", "webhook", "pager"}
     assert plugins.channel_types["pager"].plugin == "good"
     assert "SyntaxError" in problems["syntax"]
     assert "No module named 'no_such_module_here'" in problems["importer"]
@@ -223,6 +223,6 @@ def test_channel_config_model_is_validated_when_rules_load(tmp_path: Path) -> No
         f"{rules}:3:8: channels.ops: missing required key 'room'",
         f"{rules}:3:23: channels.ops.rooom: unknown key 'rooom' (did you mean 'room'?)",
         f"{rules}:4:16: channels.hook.type: unknown channel type 'webhok' (did you mean"
-        " 'webhook'?); known types: strict, webhook",
+        " 'webhook'?); known types: email, slack, strict, webhook",
         f"{rules}:6:48: rules[0].notify[2]: unknown channel 'opz' (did you mean 'ops'?)",
     ]

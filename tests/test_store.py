@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from router.store import NewDelivery, open_store
+from router.store import NewDelivery, RoutedEvent, open_store
 from router.store.sqlite import MIGRATIONS, SqliteStore
 
 
@@ -89,8 +89,8 @@ async def test_routing_and_claims_with_leases(store: SqliteStore, tmp_path: Path
         NewDelivery("ev:r:a", "r", "a", b"{}"),
         NewDelivery("ev:r:b", "r", "b", b"{}", error="template broke"),
     ]
-    await store.record_routing([(event, jobs)], now=now)
-    await store.record_routing([(event, jobs)], now=now)  # a repeat adds nothing
+    await store.record_routing([RoutedEvent(event, jobs)], now=now)
+    await store.record_routing([RoutedEvent(event, jobs)], now=now)  # a repeat adds nothing
     counts = await store.counts()
     assert (counts.events_pending, counts.deliveries_pending, counts.dead) == (0, 1, 1)
     [job] = await store.claim_deliveries("a", 5, lease=30, now=now)

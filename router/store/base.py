@@ -1,6 +1,6 @@
 """The store interface and the records that cross it."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 DeliveryState = Literal["pending", "delivered", "logged", "dead"]
@@ -28,13 +28,48 @@ class InboxEvent:
 @dataclass(frozen=True)
 class NewDelivery:
     """A delivery job produced by routing one event. ``error`` set means born dead
-    (e.g. the template failed to render): it goes straight to the dead letters."""
+    (e.g. the template failed to render): it goes straight to the dead letters.
+
+    ``throttle`` (a key and the end of its window) makes the job conditional: if the
+    key's window is still open it is suppressed and counted instead of created.
+    """
 
     key: str
     rule: str
     channel: str
     message: bytes
     error: str | None = None
+    throttle: tuple[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class DigestEntry:
+    """An event joining the open digest group of a rule (opening it if there is none)."""
+
+    rule: str
+    group: str
+    due_at: float
+    max: int
+
+
+@dataclass(frozen=True)
+class RoutedEvent:
+    """Everything routing decided about one event, recorded in one transaction."""
+
+    event: InboxEvent
+    deliveries: list[NewDelivery]
+    digests: list[DigestEntry] = field(default_factory=list)
+    snapshot: tuple[str, bytes] | None = None
+
+
+@dataclass(frozen=True)
+class DueDigest:
+    """A digest group whose wait is over (or that is full), with its events."""
+
+    id: int
+    rule: str
+    group: str
+    events: list[InboxEvent]
 
 
 @dataclass(frozen=True)
@@ -100,10 +135,21 @@ class Store(Protocol):
     async def claim_events(self, limit: int, *, lease: float, now: float) -> list[InboxEvent]:
         """Lease up to ``limit`` unrouted events, oldest first."""
 
-    async def record_routing(
-        self, routed: list[tuple[InboxEvent, list[NewDelivery]]], *, now: float
+    async def load_snapshots(self, keys: list[str]) -> dict[str, bytes]:
+        """The stored snapshots of these entities (absent keys have none)."""
+
+    async def record_routing(self, routed: list[RoutedEvent], *, now: float) -> list[str]:
+        """Atomically, per event: create its delivery jobs (minus throttled ones), add
+        it to digest groups, store its entity snapshot and mark it routed. Returns the
+        ``rule`` of every delivery suppressed by a throttle."""
+
+    async def claim_due_digests(self, limit: int, *, lease: float, now: float) -> list[DueDigest]:
+        """Lease digest groups that are due, with their events in arrival order."""
+
+    async def record_digest(
+        self, digest_id: int, deliveries: list[NewDelivery], *, now: float
     ) -> None:
-        """Atomically create each event's delivery jobs and mark it routed."""
+        """Atomically create a digest's delivery jobs and close the group."""
 
     async def claim_deliveries(
         self, channel: str, limit: int, *, lease: float, now: float

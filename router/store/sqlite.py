@@ -19,8 +19,11 @@ from router.store.base import (
     DeliveryJob,
     DeliveryRecord,
     DeliveryState,
+    DigestEntry,
+    DueDigest,
     InboxEvent,
     NewDelivery,
+    RoutedEvent,
     StoreCounts,
 )
 
@@ -65,6 +68,35 @@ MIGRATIONS: list[str] = [
     CREATE INDEX deliveries_due ON deliveries (channel, next_attempt_at) WHERE state = 'pending';
     CREATE INDEX deliveries_dead ON deliveries (updated_at) WHERE state = 'dead';
     """,
+    # Noise control and "what changed": state that must survive restarts.
+    """
+    CREATE TABLE snapshots (
+        entity TEXT PRIMARY KEY,
+        body BLOB NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE throttles (
+        key TEXT PRIMARY KEY,
+        until REAL NOT NULL,
+        suppressed INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE digests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        rule TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('open', 'sent')),
+        opened_at REAL NOT NULL,
+        due_at REAL NOT NULL,
+        size INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX digests_open ON digests (rule, group_key) WHERE state = 'open';
+    CREATE INDEX digests_due ON digests (due_at) WHERE state = 'open';
+    CREATE TABLE digest_events (
+        digest_id INTEGER NOT NULL REFERENCES digests (id),
+        event_seq INTEGER NOT NULL REFERENCES events (seq),
+        PRIMARY KEY (digest_id, event_seq)
+    );
+    """,
 ]
 
 
@@ -86,6 +118,7 @@ class SqliteStore:
         self.commits = 0  # transactions committed; with group commit, fewer than writes
         self._event_leases: dict[int, float] = {}
         self._delivery_leases: dict[int, float] = {}
+        self._digest_leases: dict[int, float] = {}
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -160,7 +193,11 @@ class SqliteStore:
     ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
         """Run a batch in one transaction. If any operation fails, roll back and run
         each one in a transaction of its own, so one bad write spoils nothing else."""
-        leases = dict(self._event_leases), dict(self._delivery_leases)
+        leases = (
+            dict(self._event_leases),
+            dict(self._delivery_leases),
+            dict(self._digest_leases),
+        )
         try:
             conn.execute("BEGIN IMMEDIATE")
             results = [(future, True, operation(conn)) for operation, future in batch]
@@ -170,7 +207,7 @@ class SqliteStore:
         except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._event_leases, self._delivery_leases = leases
+            self._event_leases, self._delivery_leases, self._digest_leases = leases
             if len(batch) == 1:
                 if isinstance(exc, sqlite3.OperationalError):
                     log.error("store write failed: %s", exc)
@@ -226,11 +263,22 @@ class SqliteStore:
 
         return await self._call(op)
 
-    async def record_routing(
-        self, routed: list[tuple[InboxEvent, list[NewDelivery]]], *, now: float
-    ) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            for event, deliveries in routed:
+    async def load_snapshots(self, keys: list[str]) -> dict[str, bytes]:
+        def op(conn: sqlite3.Connection) -> dict[str, bytes]:
+            found = {}
+            for key in set(keys):
+                row = conn.execute("SELECT body FROM snapshots WHERE entity = ?", (key,)).fetchone()
+                if row is not None:
+                    found[key] = row[0]
+            return found
+
+        return await self._call(op)
+
+    async def record_routing(self, routed: list[RoutedEvent], *, now: float) -> list[str]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            suppressed: list[str] = []
+            for item in routed:
+                event = item.event
                 marked = conn.execute(
                     "UPDATE events SET state = 'routed' WHERE seq = ? AND state = 'pending'",
                     (event.seq,),
@@ -238,26 +286,56 @@ class SqliteStore:
                 self._event_leases.pop(event.seq, None)
                 if marked.rowcount == 0:
                     continue  # routed already: a repeat must not double the jobs
-                conn.executemany(
-                    "INSERT INTO deliveries (key, event_seq, rule, channel, message,"
-                    " state, created_at, updated_at, next_attempt_at, last_error)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            d.key,
-                            event.seq,
-                            d.rule,
-                            d.channel,
-                            d.message,
-                            "dead" if d.error else "pending",
-                            now,
-                            now,
-                            now,
-                            d.error,
-                        )
-                        for d in deliveries
-                    ],
-                )
+                jobs = _unthrottled(conn, item.deliveries, now, suppressed)
+                _insert_deliveries(conn, event.seq, jobs, now)
+                for entry in item.digests:
+                    _join_digest(conn, entry, event.seq, now)
+                if item.snapshot is not None:
+                    conn.execute(
+                        "INSERT INTO snapshots (entity, body, updated_at) VALUES (?,?,?)"
+                        " ON CONFLICT (entity) DO UPDATE SET body = excluded.body,"
+                        " updated_at = excluded.updated_at",
+                        (*item.snapshot, now),
+                    )
+            return suppressed
+
+        return await self._call(op)
+
+    async def claim_due_digests(self, limit: int, *, lease: float, now: float) -> list[DueDigest]:
+        def op(conn: sqlite3.Connection) -> list[DueDigest]:
+            leased = self._digest_leases = _live(self._digest_leases, now)
+            rows = conn.execute(
+                "SELECT id, rule, group_key FROM digests WHERE state = 'open' AND due_at <= ?"
+                " ORDER BY due_at LIMIT ?",
+                (now, limit + len(leased)),
+            ).fetchall()
+            due = []
+            for digest_id, rule, group in [r for r in rows if r[0] not in leased][:limit]:
+                events = conn.execute(
+                    "SELECT e.seq, e.id, e.name, p.payload, e.received_at FROM digest_events d"
+                    " JOIN events e ON e.seq = d.event_seq JOIN event_payloads p ON p.seq = e.seq"
+                    " WHERE d.digest_id = ? ORDER BY e.seq",
+                    (digest_id,),
+                ).fetchall()
+                due.append(DueDigest(digest_id, rule, group, [InboxEvent(*e) for e in events]))
+                leased[digest_id] = now + lease
+            return due
+
+        return await self._call(op)
+
+    async def record_digest(
+        self, digest_id: int, deliveries: list[NewDelivery], *, now: float
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            self._digest_leases.pop(digest_id, None)
+            closed = conn.execute(
+                "UPDATE digests SET state = 'sent' WHERE id = ? AND state = 'open'", (digest_id,)
+            )
+            first = conn.execute(
+                "SELECT min(event_seq) FROM digest_events WHERE digest_id = ?", (digest_id,)
+            ).fetchone()[0]
+            if closed.rowcount and first is not None:
+                _insert_deliveries(conn, first, deliveries, now)
 
         await self._call(op)
 
@@ -360,6 +438,84 @@ class SqliteStore:
             return StoreCounts(events_pending=events, deliveries_pending=pending, dead=dead)
 
         return await self._call(op)
+
+
+def _insert_deliveries(
+    conn: sqlite3.Connection, event_seq: int, deliveries: list[NewDelivery], now: float
+) -> None:
+    conn.executemany(
+        "INSERT INTO deliveries (key, event_seq, rule, channel, message, state, created_at,"
+        " updated_at, next_attempt_at, last_error) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        [
+            (
+                d.key,
+                event_seq,
+                d.rule,
+                d.channel,
+                d.message,
+                "dead" if d.error else "pending",
+                now,
+                now,
+                now,
+                d.error,
+            )
+            for d in deliveries
+        ],
+    )
+
+
+def _unthrottled(
+    conn: sqlite3.Connection, deliveries: list[NewDelivery], now: float, suppressed: list[str]
+) -> list[NewDelivery]:
+    """The deliveries whose throttle window is closed; opens a window for each key used.
+    Every suppressed one is counted in the store and its rule reported."""
+    verdicts: dict[str, bool] = {}
+    kept = []
+    for delivery in deliveries:
+        if delivery.throttle is None:
+            kept.append(delivery)
+            continue
+        key, until = delivery.throttle
+        if key not in verdicts:
+            row = conn.execute("SELECT until FROM throttles WHERE key = ?", (key,)).fetchone()
+            verdicts[key] = row is None or row[0] <= now
+            if verdicts[key]:
+                conn.execute(
+                    "INSERT INTO throttles (key, until) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET until = excluded.until",
+                    (key, until),
+                )
+        if verdicts[key]:
+            kept.append(delivery)
+        else:
+            conn.execute("UPDATE throttles SET suppressed = suppressed + 1 WHERE key = ?", (key,))
+            suppressed.append(delivery.rule)
+    return kept
+
+
+def _join_digest(conn: sqlite3.Connection, entry: DigestEntry, event_seq: int, now: float) -> None:
+    row = conn.execute(
+        "SELECT id, size FROM digests WHERE rule = ? AND group_key = ? AND state = 'open'",
+        (entry.rule, entry.group),
+    ).fetchone()
+    if row is None:
+        cursor = conn.execute(
+            "INSERT INTO digests (rule, group_key, state, opened_at, due_at)"
+            " VALUES (?, ?, 'open', ?, ?)",
+            (entry.rule, entry.group, now, entry.due_at),
+        )
+        row = (cursor.lastrowid, 0)
+    digest_id, size = row
+    conn.execute(
+        "INSERT OR IGNORE INTO digest_events (digest_id, event_seq) VALUES (?, ?)",
+        (digest_id, event_seq),
+    )
+    full = size + 1 >= entry.max
+    conn.execute(
+        "UPDATE digests SET size = size + 1, due_at = CASE WHEN ? THEN ? ELSE due_at END"
+        " WHERE id = ?",
+        (full, now, digest_id),
+    )
 
 
 def _live(leases: dict[int, float], now: float) -> dict[int, float]:
