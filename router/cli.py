@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
 from router import __version__
 from router.app import build_router, create_app
 from router.config_source import ConfigErrors
+from router.dryrun import DryRunError, EventReport, dry_run
 from router.logs import setup_logging
 from router.plugins import Plugins, load_plugins
 from router.redact import Redactor
@@ -165,6 +167,69 @@ def validate(file: Path | None, templates: Path | None, plugins_dir: Path | None
         sys.exit(1)
     rules = router.rules
     click.echo(f"{settings.rules}: OK ({len(rules.rules)} rules, {len(rules.channels)} channels)")
+
+
+@cli.command("test")
+@click.argument("rules_file", type=click.Path(path_type=Path))
+@click.argument("events", type=click.Path(path_type=Path), nargs=-1, required=True)
+@click.option("--templates", type=click.Path(path_type=Path), help="Templates dir.")
+@click.option("--plugins-dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--explain", is_flag=True, help="Say why each other rule did not fire.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def test_rules(
+    rules_file: Path,
+    events: tuple[Path, ...],
+    templates: Path | None,
+    plugins_dir: Path | None,
+    explain: bool,
+    as_json: bool,
+) -> None:
+    """Dry run: which rules fire for each event in EVENTS and the rendered message per
+    channel. Nothing is sent. EVENTS are JSON files (one event or an array) or NDJSON.
+
+    Stored state is not consulted: throttles never suppress and `changed` only sees
+    what the event itself carries (syllabus_updated's old_syllabus_body).
+    """
+    settings = _settings(rules=rules_file, templates=templates, plugins_dir=plugins_dir)
+    loaded = load_plugins(plugins_dir=settings.plugins_dir, blocked=settings.plugins_block)
+    _print_plugin_problems(loaded)
+    try:
+        router = build_router(settings, loaded)
+        reports = dry_run(router, list(events))
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            click.echo(str(error), err=True)
+        sys.exit(1)
+    except DryRunError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(orjson.dumps([r.as_dict() for r in reports], option=orjson.OPT_INDENT_2))
+        return
+    for report in reports:
+        _print_report(report, explain)
+
+
+def _print_report(report: EventReport, explain: bool) -> None:
+    click.echo(f"{report.file}[{report.index}] {report.event_name} (id {report.event_id})")
+    if not report.fired:
+        click.echo("  no rule fired")
+    for message in report.messages:
+        click.echo(f"  + {message['rule']} -> {message['channel']}")
+        if "error" in message:
+            click.echo(f"      error: {message['error']}")
+            continue
+        click.echo(f"      title: {message['title']}")
+        for line in message["text"].splitlines() or [""]:
+            click.echo(f"      | {line}")
+        extra = sorted(set(message.get("blocks", {})) - {"title", "text"})
+        if extra:
+            click.echo(f"      blocks: {', '.join(extra)}")
+    for digest in report.digests:
+        click.echo(f"  + {digest['rule']}: joins digest group {digest['group']}")
+    if explain:
+        for rule, reason in report.skipped.items():
+            click.echo(f"  - {rule}: {reason}")
 
 
 @cli.command()

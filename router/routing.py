@@ -64,9 +64,17 @@ class Router:
         fired = self.rules.evaluate(event.name, ctx)
         skipped = {}
         if explain:
-            for rule in self.rules.selecting(event.name):
-                if rule not in fired:
-                    skipped[rule.name] = rule.explain(ctx) or "an earlier rule has continue: false"
+            selecting = self.rules.selecting(event.name)
+            for rule in self.rules.rules:
+                if rule in fired:
+                    continue
+                if not rule.spec.enabled:
+                    skipped[rule.name] = "enabled: false"
+                elif rule not in selecting:
+                    skipped[rule.name] = f"events {rule.spec.events} do not select {event.name!r}"
+                else:
+                    reason = rule.explain(ctx)
+                    skipped[rule.name] = reason or "an earlier rule has continue: false"
         variables = template_context(
             payload,
             event_id=event.id,

@@ -130,3 +130,75 @@ def test_bad_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path:
     result = CliRunner().invoke(cli, ["validate", str(ROOT / "rules.yaml")])
     assert result.exit_code == 2
     assert "setting port: Input should be a valid integer" in result.output
+
+
+RULES_FOR_TEST = """\
+version: 1
+channels:
+  hook: {type: webhook}
+rules:
+  - name: completions
+    events: [course_completed]
+    match: {body.progress.requirement_count: {gt: 0}}
+    notify: [hook]
+  - name: big-courses
+    events: [course_completed]
+    match: {body.progress.requirement_count: {gt: 100}}
+    notify: [hook]
+  - name: syllabus
+    events: [syllabus_updated]
+    notify: [hook]
+    digest: {group_by: [body.course_id], wait: 10m}
+"""
+
+
+def test_router_test_shows_matches_messages_and_reasons(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_FOR_TEST)
+    events = ROOT / "examples" / "events"
+    code, out = run(
+        "test",
+        str(rules),
+        str(events / "course_completed.json"),
+        str(events / "syllabus_updated.json"),
+        "--templates",
+        str(ROOT / "templates"),
+        "--explain",
+    )
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].endswith(
+        "course_completed.json[0] course_completed (id 3b5ca34b0def1d73edc21081021bfea5)"
+    )
+    assert "  + completions -> hook" in lines
+    assert "      title: Isaac Newton completed Computer Science I" in lines
+    assert "  - big-courses: body.progress.requirement_count gt 100: got 6" in lines
+    assert "  - syllabus: events ['syllabus_updated'] do not select 'course_completed'" in lines
+    assert "  + syllabus: joins digest group {'body.course_id': '21070000000000565'}" in lines
+
+
+def test_router_test_json_and_bad_event_files(tmp_path: Path) -> None:
+    import json
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_FOR_TEST)
+    ndjson = tmp_path / "events.ndjson"
+    event = (ROOT / "examples" / "events" / "course_completed.json").read_text()
+    ndjson.write_text(
+        json.dumps(json.loads(event)) + "\n" + json.dumps({"metadata": {"event_name": "x"}}) + "\n"
+    )
+    code, out = run(
+        "test", str(rules), str(ndjson), "--json", "--templates", str(ROOT / "templates")
+    )
+    assert code == 0
+    reports = json.loads(out)
+    assert [(r["index"], r["event_name"], r["fired"]) for r in reports] == [
+        (0, "course_completed", ["completions"]),
+        (1, "x", []),
+    ]
+    assert reports[0]["messages"][0]["title"] == "Isaac Newton completed Computer Science I"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"metadata": {}}')
+    result = CliRunner().invoke(cli, ["test", str(rules), str(bad)])
+    assert result.exit_code == 1
+    assert "not an event: [0] metadata.event_name: is required" in result.stderr
