@@ -1,28 +1,33 @@
 """The application factory: reads like a table of contents of the running service."""
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from router.appkeys import (
     DISPATCHER,
     DRAINING,
     HTTP,
     JWKS,
+    LIVE,
     PLUGINS,
-    ROUTER,
+    RELOAD,
     ROUTING,
     SETTINGS,
     STORE,
+    Live,
 )
 from router.canvas_jwt import JwksVerifier
 from router.dispatch import Dispatcher, RetryPolicy, close_channels, open_channels
 from router.ingest import post_events, problem
 from router.plugins import Plugins, load_plugins
 from router.redact import Redactor
+from router.reload import ReloadStatus, post_reload, reload_ctx
 from router.routing import Router, RoutingWorker
 from router.rules import load_rules
 from router.settings import Settings
@@ -48,12 +53,14 @@ def create_app(settings: Settings, *, plugins: Plugins | None = None) -> web.App
     app[PLUGINS] = plugins or load_plugins(
         plugins_dir=settings.plugins_dir, blocked=settings.plugins_block
     )
-    app[ROUTER] = build_router(settings, app[PLUGINS])
+    app[LIVE] = Live(build_router(settings, app[PLUGINS]))
     app[DRAINING] = asyncio.Event()
+    app[RELOAD] = ReloadStatus()
     setup_routes(app)
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(workers_ctx)
+    app.cleanup_ctx.append(reload_ctx)
     app.on_shutdown.append(start_draining)
     return app
 
@@ -62,11 +69,34 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/events", post_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if app[SETTINGS].admin_token is not None:  # the admin API is off unless configured
+        app.router.add_post("/-/reload", admin_only(post_reload))
+
+
+def admin_only(handler: Handler) -> Handler:
+    """Wrap an admin route: it needs ``Authorization: Bearer <ROUTER_ADMIN_TOKEN>``."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        token = request.app[SETTINGS].admin_token
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if (
+            token is None
+            or scheme.lower() != "bearer"
+            or not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
+        ):
+            return web.json_response(
+                {"error": "missing or wrong admin token"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="router-admin"'},
+            )
+        return await handler(request)
+
+    return guarded
 
 
 def redactor(app: web.Application) -> Redactor:
     """The redactor for the rules currently loaded."""
-    return Redactor(app[ROUTER].rules.secrets)
+    return Redactor(app[LIVE].router.rules.secrets)
 
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -103,10 +133,9 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         base=settings.backoff_base,
         cap=settings.backoff_cap,
     )
-    current = redactor(app)
-    dispatcher = Dispatcher(app[STORE], app[PLUGINS], policy, lambda: current)
-    dispatcher.channels = await open_channels(app[ROUTER].rules.channels)
-    routing = RoutingWorker(app[STORE], lambda: app[ROUTER], dispatcher.wake)
+    dispatcher = Dispatcher(app[STORE], app[PLUGINS], policy, lambda: redactor(app))
+    dispatcher.channels = await open_channels(app[LIVE].router.rules.channels)
+    routing = RoutingWorker(app[STORE], lambda: app[LIVE].router, dispatcher.wake)
     app[DISPATCHER] = dispatcher
     app[ROUTING] = routing
     tasks = [
@@ -145,7 +174,8 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "state": "ready",
-            "rules": app[ROUTER].rules.file,
+            "rules": app[LIVE].router.rules.file,
+            "rules_reload": app[RELOAD].as_dict(),
             "events_pending": counts.events_pending,
             "deliveries_pending": counts.deliveries_pending,
             "dead_letters": counts.dead,

@@ -1,6 +1,8 @@
 """Typed keys for everything the application holds (no globals, no singletons)."""
 
 import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -12,12 +14,26 @@ from router.routing import Router, RoutingWorker
 from router.settings import Settings
 from router.store import Store
 
+if TYPE_CHECKING:
+    from router.reload import ReloadStatus
+
 SETTINGS = web.AppKey("settings", Settings)
 PLUGINS = web.AppKey("plugins", Plugins)
-ROUTER = web.AppKey("router", Router)
+
+
+@dataclass
+class Live:
+    """What a reload swaps in: the router (rules and templates). The app's state is
+    fixed once it starts, so the swap happens inside this holder."""
+
+    router: Router
+
+
+LIVE = web.AppKey("live", Live)
 STORE = web.AppKey("store", Store)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 JWKS = web.AppKey("jwks", JwksVerifier | None)
 ROUTING = web.AppKey("routing", RoutingWorker)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 DRAINING = web.AppKey("draining", asyncio.Event)
+RELOAD: "web.AppKey[ReloadStatus]" = web.AppKey("reload")

@@ -75,9 +75,14 @@ def cli() -> None:
 def serve(**options: Any) -> None:
     """Run the service: POST /events, /healthz, /readyz.
 
+    The rules and templates reload on SIGHUP and when their files change; a bad
+    file is rejected and the running rules stay.
+
     \b
     Other settings, environment only:
       ROUTER_INGEST_TOKEN    bearer token required on POST /events
+      ROUTER_ADMIN_TOKEN     enables the admin API under /-/ (POST /-/reload), bearer token
+      ROUTER_RELOAD_POLL     seconds between checks for changed rules/templates (2; 0: off)
       ROUTER_JWKS_URL        JWKS for Canvas signed (JWT) deliveries
       ROUTER_JWT_AUDIENCE / ROUTER_JWT_ISSUER / ROUTER_REQUIRE_SIGNED
       ROUTER_MAX_BODY_BYTES (1 MiB)  ROUTER_MAX_BATCH_ITEMS (1000)
@@ -119,10 +124,10 @@ def serve(**options: Any) -> None:
 
 
 def _startup_summary(settings: Settings, app: web.Application) -> None:
-    from router.appkeys import PLUGINS, ROUTER
+    from router.appkeys import LIVE, PLUGINS
     from router.logs import update_redactor
 
-    rules = app[ROUTER].rules
+    rules = app[LIVE].router.rules
     update_redactor(Redactor(rules.secrets))
     log_only = []
     for name, channel in rules.channels.items():

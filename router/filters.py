@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
+import markupsafe
 
 from router.events import parse_timestamp
 
@@ -31,6 +32,7 @@ __all__ = [
     "html_to_text",
     "local_id",
     "localtime",
+    "oneline",
     "slack_escape",
     "slack_link",
     "textdiff",
@@ -389,17 +391,24 @@ def textdiff(old: Any, new: Any, context: int = 1, limit: int = 40) -> str:
             limit = max(1, int(limit))
         except (TypeError, ValueError):
             limit = 40
-        out: list[str] = []
+        hunks: list[list[str]] = []
         diff = difflib.unified_diff(before, after, n=context, lineterm="")
         for index, line in enumerate(diff):
             if index < 2:  # the "--- " / "+++ " file headers
                 continue
             if line.startswith("@@"):
-                if out:
-                    out.append("…")
+                hunks.append([])
                 continue
             sign, text = line[:1], line[1:]
-            out.append(f"{sign} {text}".rstrip() if sign in "+-" else f"  {text}".rstrip())
+            hunks[-1].append(f"{sign} {text}".rstrip() if sign in "+-" else f"  {text}".rstrip())
+        out: list[str] = []
+        for hunk in hunks:
+            while hunk and not hunk[0]:  # blank context lines at a hunk's edges say nothing
+                hunk.pop(0)
+            while hunk and not hunk[-1]:
+                hunk.pop()
+            if hunk:
+                out.extend(["…", *hunk] if out else hunk)
         if len(out) > limit:
             rest = len(out) - limit
             out = [*out[:limit], f"… {rest} more line{'s' if rest != 1 else ''}"]
@@ -489,16 +498,16 @@ def truncate_text(value: Any, length: int = 200, end: str = "…") -> str:
 
 @jinja2.pass_context
 def display(context: jinja2.runtime.Context, value: Any, field: str | None = None) -> str:
-    """A field's value for people: ``None`` -> ``(none)``, booleans ``yes``/``no``, lists
-    comma-separated, and when ``field`` ends in ``_at`` (``start_at``) a timestamp in the
-    event's time zone. Made for ``changes``::
+    """A field's value for people: ``None`` or empty -> ``(none)``, booleans ``yes`` or
+    ``no``, lists comma-separated, and when ``field`` ends in ``_at`` (``start_at``) a
+    timestamp in the event's time zone. Made for ``changes``::
 
         {% for c in previous | changes(body) %}
         {{ c.field }}: {{ c.old | display(c.field) }} → {{ c.new | display(c.field) }}
         {% endfor %}
     """
     try:
-        if value is None or value == "":
+        if value is None or (isinstance(value, str | list | tuple | dict) and not value):
             return "(none)"
         if isinstance(value, bool):
             return "yes" if value else "no"
@@ -509,6 +518,20 @@ def display(context: jinja2.runtime.Context, value: Any, field: str | None = Non
         return str(value)
     except Exception:
         return ""
+
+
+def oneline(value: Any) -> str:
+    """All whitespace, newlines included, collapsed to single spaces, for titles and email
+    subjects (which must be one line)::
+
+        {{ "Linear\n  Algebra" | oneline }}                   -> "Linear Algebra"
+        {% block title %}{% filter oneline %}...{% endfilter %}{% endblock %}
+    """
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else str(value)
+    single = _WHITESPACE.sub(" ", text).strip()
+    return markupsafe.Markup(single) if isinstance(value, markupsafe.Markup) else single
 
 
 def slack_escape(value: Any) -> str:
@@ -544,6 +567,7 @@ def builtin_filters() -> dict[str, Callable[..., Any]]:
         "html_to_text": html_to_text,
         "local_id": local_id,
         "localtime": localtime,
+        "oneline": oneline,
         "slack_escape": slack_escape,
         "slack_link": slack_link,
         "textdiff": textdiff,

@@ -41,5 +41,11 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="SQLite fsync policy (FULL survives power loss)"
     )
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token for the admin API under /-/ (off when unset)"
+    )
+    reload_poll: float = Field(
+        2.0, ge=0, description="seconds between checks for changed rules/templates (0: off)"
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["auto", "json", "text"] = Field("auto", description="log line format")

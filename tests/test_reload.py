@@ -1,0 +1,106 @@
+"""Hot reload: POST /-/reload, file changes and SIGHUP; a bad file keeps the old rules."""
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from tests.conftest import ServiceFactory, example, webhook_rules
+from tests.receiver import WebhookReceiver
+
+ADMIN = {"Authorization": "Bearer admin-s3cret"}
+
+
+def two_rules(url: str) -> str:
+    return (
+        webhook_rules(url).replace('    events: ["*"]', "    events: [course_created]")
+        + "  - {name: updates, events: [course_updated], notify: [hook]}\n"
+    )
+
+
+async def test_post_reload_swaps_rules(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    client = await service(two_rules(receiver.url), admin_token="admin-s3cret", reload_poll=0)
+    await client.post("/events", json=example("course_updated"))
+    [first] = await receiver.wait_for(1)
+    assert first.body["rule"] == "updates"
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules.read_text().replace("name: updates", "name: renamed-updates"))
+    assert (await client.post("/-/reload")).status == 401
+    resp = await client.post("/-/reload", headers=ADMIN)
+    assert resp.status == 200
+    assert (await resp.json())["ok"] is True
+    event = example("course_updated")
+    event["body"]["name"] = "Linear Algebra II"
+    await client.post("/events", json=event)
+    received = await receiver.wait_for(2)
+    assert received[1].body["rule"] == "renamed-updates"
+
+
+async def test_bad_file_keeps_old_rules_and_shows_errors(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    client = await service(two_rules(receiver.url), admin_token="admin-s3cret", reload_poll=0)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules.read_text().replace("notify: [hook]}", "notify: [hok]}"))
+    resp = await client.post("/-/reload", headers=ADMIN)
+    assert resp.status == 422
+    errors = (await resp.json())["errors"]
+    assert len(errors) == 1
+    assert errors[0].endswith("rules[1].notify[0]: unknown channel 'hok' (did you mean 'hook'?)")
+    ready = await (await client.get("/readyz")).json()
+    assert ready["rules_reload"]["ok"] is False
+    assert ready["rules_reload"]["errors"] == errors
+    await client.post("/events", json=example("course_updated"))
+    [got] = await receiver.wait_for(1)
+    assert got.body["rule"] == "updates"  # the old rules kept running
+
+
+async def test_admin_api_is_off_without_a_token(service: ServiceFactory) -> None:
+    client = await service(webhook_rules("", secret=None))
+    assert (await client.post("/-/reload")).status == 404
+
+
+async def test_file_change_reloads(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    client = await service(two_rules(receiver.url), reload_poll=0.1)
+    rules = tmp_path / "rules.yaml"
+    await asyncio.sleep(0.3)
+    rules.write_text(rules.read_text().replace("name: updates", "name: watched"))
+    for _ in range(50):
+        ready = await (await client.get("/readyz")).json()
+        if ready["rules_reload"]["trigger"] == "file change":
+            break
+        await asyncio.sleep(0.1)
+    assert ready["rules_reload"] == {
+        "ok": True,
+        "at": ready["rules_reload"]["at"],
+        "trigger": "file change",
+        "errors": [],
+    }
+    await client.post("/events", json=example("course_updated"))
+    [got] = await receiver.wait_for(1)
+    assert got.body["rule"] == "watched"
+
+
+async def test_sighup_reloads(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    client = await service(two_rules(receiver.url), reload_poll=0)
+    # The service installed its handler; without it SIGHUP would end the test run.
+    assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules.read_text().replace("name: updates", "name: hupped"))
+    os.kill(os.getpid(), signal.SIGHUP)
+    for _ in range(50):
+        ready = await (await client.get("/readyz")).json()
+        if ready["rules_reload"]["trigger"] == "SIGHUP":
+            break
+        await asyncio.sleep(0.05)
+    assert ready["rules_reload"]["ok"] is True
+    await client.post("/events", json=example("course_updated"))
+    [got] = await receiver.wait_for(1)
+    assert got.body["rule"] == "hupped"
