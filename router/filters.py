@@ -155,6 +155,8 @@ def canvas_url(
         course_id = _id_part(course)
         if course_id and kind in ("section", "user"):
             kind = f"course_{kind}"
+        elif not course_id and kind in ("course_section", "course_user"):
+            kind = kind.removeprefix("course_")
         return f"https://{host}{_CANVAS_PATHS[kind].format(id=ident, course=course_id)}"
     except Exception:
         return ""
@@ -544,13 +546,13 @@ def slack_escape(value: Any) -> str:
 
 
 def slack_link(url: Any, label: Any = None) -> str:
-    """A Slack mrkdwn link ``<url|label>`` with the label escaped; just the (escaped)
-    label when there is no URL (say the event had no hostname)::
+    """A Slack mrkdwn link ``<url|label>`` with the label escaped and on one line; just the
+    (escaped) label when there is no URL (say the event had no hostname)::
 
         {{ body.course.id | canvas_url | slack_link(body.course.name) }}
         -> "<https://oxana.instructure.com/courses/565|Computer Science I>"
     """
-    text = slack_escape(label) if label is not None else ""
+    text = slack_escape(oneline(label))
     link = "" if url is None else str(url).strip()
     if not link.startswith(("https://", "http://", "mailto:")):
         return text
