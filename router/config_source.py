@@ -93,7 +93,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
     position) and for duplicate keys within one mapping.
     """
     source = SourceMap(file)
-    loader = yaml.SafeLoader(text)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)  # libyaml when available
     errors: list[ConfigError] = []
     checked: set[int] = set()
 
