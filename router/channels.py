@@ -86,9 +86,12 @@ class Channel:
     type: ClassVar[str]
     Config: ClassVar[type[ChannelConfig]] = ChannelConfig
 
-    def __init__(self, name: str, config: ChannelConfig) -> None:
+    def __init__(self, name: str, config: ChannelConfig, *, timeout: float = 30.0) -> None:
         self.name = name
         self.config = config
+        #: Seconds the router allows one ``send`` (the channel's ``timeout:``); a
+        #: client library with its own timeouts should use this.
+        self.timeout = timeout
 
     def log_only_reason(self) -> str | None:
         """Return why this channel cannot really send (e.g. "no url configured"), or None.

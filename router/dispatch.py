@@ -69,7 +69,9 @@ async def open_channels(definitions: dict[str, ChannelDef]) -> dict[str, Channel
     for name, definition in definitions.items():
         plugin = definition.type.plugin
         try:
-            instance = definition.type.cls(name, definition.config)
+            instance = definition.type.cls(
+                name, definition.config, timeout=definition.options.timeout
+            )
             await instance.open()
             runtimes[name] = ChannelRuntime(definition, instance)
         except Exception as exc:

@@ -17,7 +17,15 @@ from typing import Annotated, Any, Literal
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+)
 
 from router.channels import ChannelConfig
 from router.config_source import (
@@ -310,6 +318,7 @@ def _check_channels(
     source: SourceMap,
     channel_types: Mapping[str, ChannelType],
     errors: list[ConfigError],
+    secrets: set[str],
 ) -> dict[str, ChannelDef]:
     channels: dict[str, ChannelDef] = {}
     for name, entry in raw.items():
@@ -339,7 +348,19 @@ def _check_channels(
             {k: v for k, v in entry.items() if k not in HOST_CHANNEL_KEYS}
         )
         channels[name] = ChannelDef(name, ctype, options, config)
+        secrets.update(secret_values(config))
     return channels
+
+
+def secret_values(model: BaseModel) -> set[str]:
+    """Every ``SecretStr`` in a config, however it was written: the redactor masks them."""
+    found: set[str] = set()
+    for value in model.__dict__.values():
+        if isinstance(value, SecretStr) and value.get_secret_value():
+            found.add(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            found |= secret_values(value)
+    return found
 
 
 def _check_rules(
@@ -450,7 +471,7 @@ def load_rules(
         parsed = RulesFile.model_validate(data)
     except ValidationError as exc:
         raise ConfigErrors(errors + errors_from_validation(exc, source, RulesFile)) from None
-    channels = _check_channels(parsed.channels, source, channel_types, errors)
+    channels = _check_channels(parsed.channels, source, channel_types, errors, secrets)
     rules = _check_rules(parsed.rules, parsed, source, templates, errors)
     if errors:
         raise ConfigErrors(errors)

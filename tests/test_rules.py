@@ -274,3 +274,13 @@ def test_router_renders_with_defaults_and_previous(tmp_path: Path) -> None:
     key, body = decision.routed.snapshot
     assert key == "course:12340000000056"
     assert orjson.loads(body)["name"] == "Linear Algebra"
+
+
+def test_secret_config_values_are_known_to_the_redactor(tmp_path: Path) -> None:
+    secret = "whsec_" + "c2VjcmV0LXdyaXR0ZW4taW4tdGhlLWZpbGU="
+    rules = ruleset(
+        tmp_path,
+        "- {name: r, events: ['*'], notify: [hook]}",
+        channels=f'hook: {{type: webhook, url: "http://x", secret: "{secret}"}}',
+    )
+    assert secret in rules.secrets  # written in the file, not from ${ENV}: still a secret
