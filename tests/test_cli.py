@@ -19,7 +19,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
 def test_example_rules_file_validates() -> None:
     code, out = run("validate", str(ROOT / "rules.yaml"), "--templates", str(ROOT / "templates"))
     assert code == 0, out
-    assert out.strip().endswith("OK (4 rules, 2 channels)")
+    assert out.strip().endswith("OK (5 rules, 3 channels)")
 
 
 def test_validate_reports_every_error_with_file_line_and_key(tmp_path: Path) -> None:

@@ -284,3 +284,24 @@ def test_secret_config_values_are_known_to_the_redactor(tmp_path: Path) -> None:
         channels=f'hook: {{type: webhook, url: "http://x", secret: "{secret}"}}',
     )
     assert secret in rules.secrets  # written in the file, not from ${ENV}: still a secret
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ body.__class__.__init__.__globals__ }}",
+        "{{ cycler.__init__.__globals__.os }}",
+        "{% for c in [].__class__.__base__.__subclasses__() %}{{ c }}{% endfor %}",
+    ],
+)
+def test_templates_refuse_sandbox_escapes(tmp_path: Path, source: str) -> None:
+    from router.templates import RenderError, template_context
+
+    (tmp_path / "evil.j2").write_text(source)
+    templates = Templates(tmp_path)
+    context = template_context(COMPLETED, event_id="e", rule="r", channel="c")
+    with pytest.raises(
+        RenderError, match="template evil.j2 line 1: (SecurityError|UndefinedError)"
+    ):
+        templates.render("evil.j2", context)
