@@ -85,6 +85,9 @@ class Channel:
 
     type: ClassVar[str]
     Config: ClassVar[type[ChannelConfig]] = ChannelConfig
+    #: The rate limit used when rules.yaml sets none, e.g. "1/s" for Slack's
+    #: documented limit of about one message per second per channel.
+    default_rate_limit: ClassVar[str | None] = None
 
     def __init__(self, name: str, config: ChannelConfig, *, timeout: float = 30.0) -> None:
         self.name = name

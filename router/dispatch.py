@@ -13,6 +13,7 @@ import orjson
 
 from router.channels import Channel, DeliveryOutcome, Message, PermanentError, RetryableError
 from router.plugins import Plugins
+from router.ratelimit import RateLimiter, parse_rate
 from router.redact import Redactor
 from router.rules import ChannelDef
 from router.store import DeliveryJob, Store
@@ -54,8 +55,16 @@ class ChannelRuntime:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     slots: asyncio.Semaphore = field(init=False)
 
+    limiter: RateLimiter | None = field(init=False)
+
     def __post_init__(self) -> None:
-        self.slots = asyncio.Semaphore(self.definition.options.concurrency)
+        options = self.definition.options
+        self.slots = asyncio.Semaphore(options.concurrency)
+        rate = options.rate_limit
+        default = self.definition.type.cls.default_rate_limit
+        if "rate_limit" not in options.model_fields_set and default:
+            rate = parse_rate(default)
+        self.limiter = RateLimiter(rate) if rate else None
 
     @property
     def name(self) -> str:
@@ -228,6 +237,8 @@ class Dispatcher:
                 },
             )
         else:
+            if runtime.limiter is not None:
+                await runtime.limiter.acquire()
             try:
                 await asyncio.wait_for(runtime.instance.send(message), definition.options.timeout)
             except RetryableError as exc:

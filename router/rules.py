@@ -38,6 +38,7 @@ from router.config_source import (
 )
 from router.matching import MISSING, AllOf, MatchContext, PathCondition, compile_match, lookup
 from router.plugins import ChannelType
+from router.ratelimit import parse_rate
 from router.templates import Templates
 
 __all__ = [
@@ -53,7 +54,15 @@ __all__ = [
     "parse_duration",
 ]
 
-HOST_CHANNEL_KEYS = ("type", "concurrency", "timeout", "max_attempts", "log_only")
+HOST_CHANNEL_KEYS = ("type", "concurrency", "timeout", "max_attempts", "log_only", "rate_limit")
+
+
+def _rate_or_none(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    if not isinstance(value, str):
+        raise ValueError("expects a rate such as 1/s, 20/min or 100/h")
+    return parse_rate(value)
 
 
 class ChannelOptions(BaseModel):
@@ -66,6 +75,9 @@ class ChannelOptions(BaseModel):
     timeout: float = Field(default=30.0, gt=0, le=3600)
     max_attempts: int | None = Field(default=None, ge=1, le=1000)
     log_only: bool = False
+    rate_limit: Annotated[float | None, BeforeValidator(_rate_or_none)] = Field(
+        default=None, description="sends per second, written 1/s, 20/min; 'none' for no limit"
+    )
 
 
 def parse_duration(value: Any) -> float:

@@ -302,6 +302,6 @@ def test_templates_refuse_sandbox_escapes(tmp_path: Path, source: str) -> None:
     templates = Templates(tmp_path)
     context = template_context(COMPLETED, event_id="e", rule="r", channel="c")
     with pytest.raises(
-        RenderError, match="template evil.j2 line 1: (SecurityError|UndefinedError)"
+        RenderError, match=r"template evil\.j2 line 1: (SecurityError|UndefinedError)"
     ):
         templates.render("evil.j2", context)

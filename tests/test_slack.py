@@ -350,7 +350,7 @@ async def test_shipped_slack_templates_render_blocks_slack_accepts(
     service: ServiceFactory, slack: FakeSlack, tmp_path: Path, own_templates: Path
 ) -> None:
     shutil.rmtree(own_templates)  # the service fixture copies the shipped templates
-    client = await service(bot_rules(slack))
+    client = await service(bot_rules(slack, "rate_limit: 50/s"))  # not 1/s: keep it quick
     examples = all_examples()
     await client.post("/events", json=list(examples.values()))
     await until(lambda: len(deliveries(tmp_path)) == len(examples))

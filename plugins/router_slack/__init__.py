@@ -78,6 +78,7 @@ class SlackChannel(Channel):
 
     type = "slack"
     Config = SlackConfig
+    default_rate_limit = "1/s"  # Slack allows about one message per second per channel
     config: SlackConfig
 
     def log_only_reason(self) -> str | None:
