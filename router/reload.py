@@ -45,10 +45,10 @@ async def reload_rules(app: web.Application, trigger: str) -> ReloadStatus:
 
     status = app[RELOAD]
     async with status.lock:
-        status.at, status.trigger = time.time(), trigger
         try:
             router = await asyncio.to_thread(build_router, app[SETTINGS], app[PLUGINS])
         except ConfigErrors as exc:
+            status.at, status.trigger = time.time(), trigger
             status.ok, status.errors = False, [str(e) for e in exc.errors]
             status.failed += 1
             for error in status.errors:
@@ -67,6 +67,7 @@ async def reload_rules(app: web.Application, trigger: str) -> ReloadStatus:
         dispatcher.channels = {**kept, **fresh}
         app[LIVE].router = router
         update_redactor(Redactor(router.rules.secrets))
+        status.at, status.trigger = time.time(), trigger
         status.ok, status.errors = True, []
         status.succeeded += 1
         retired = {n: r for n, r in old.items() if n not in kept}

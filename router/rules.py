@@ -449,6 +449,18 @@ def _compile_rule(
     return Rule(spec=spec, condition=condition, expression=expression, throttle=throttle)
 
 
+def _template_errors(templates: Templates) -> list[ConfigError]:
+    """Every template in the directory must compile: the templates an event name picks
+    at run time are not named in the rules, and must not fail at 3 a.m. either."""
+    found = []
+    for name in templates.names():
+        problem = templates.problem(name)
+        if problem is not None:
+            line, message = problem
+            found.append(ConfigError(str(templates.directory / name), line, 1, "", message))
+    return found
+
+
 def _template_problem(
     templates: Templates, template: str, channel: str, entry: dict[str, Any]
 ) -> str | None:
@@ -485,6 +497,8 @@ def load_rules(
         raise ConfigErrors(errors + errors_from_validation(exc, source, RulesFile)) from None
     channels = _check_channels(parsed.channels, source, channel_types, errors, secrets)
     rules = _check_rules(parsed.rules, parsed, source, templates, errors)
+    if templates is not None:
+        errors.extend(_template_errors(templates))
     if errors:
         raise ConfigErrors(errors)
     return RuleSet(

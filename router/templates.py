@@ -55,6 +55,31 @@ class EventSandbox(SandboxedEnvironment):
         return super().getattr(obj, attribute)
 
 
+class _CompiledCache(jinja2.BytecodeCache):
+    """Compiled templates kept in memory across reloads (and the many apps a test
+    suite builds). Jinja checks each entry against the source's checksum, so an
+    edited template is compiled again."""
+
+    def __init__(self) -> None:
+        self._code: dict[str, bytes] = {}
+
+    def get_cache_key(self, name: str, filename: str | None = None) -> str:
+        # By name alone: the checksum check makes a stale entry harmless.
+        return name
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        code = self._code.get(bucket.key)
+        if code is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        self._code[bucket.key] = bucket.bytecode_to_string()
+
+
+# One cache per kind of environment: the same file compiles differently with autoescape.
+_COMPILED = {False: _CompiledCache(), True: _CompiledCache()}
+
+
 class Templates:
     """The templates directory, loaded into a sandboxed environment with strict undefineds."""
 
@@ -70,6 +95,7 @@ class Templates:
                 trim_blocks=True,
                 lstrip_blocks=True,
                 auto_reload=False,  # a reload builds a new Templates; no stat() per render
+                bytecode_cache=_COMPILED[autoescape],
             )
             for autoescape in (False, True)
         )
@@ -122,13 +148,26 @@ class Templates:
 
     def check(self, name: str) -> str | None:
         """Compile a template; return an error naming file and line, or None."""
+        problem = self.problem(name)
+        return None if problem is None else f"template {name} line {problem[0]}: {problem[1]}"
+
+    def problem(self, name: str) -> tuple[int, str] | None:
+        """Compile a template (unknown filters fail here too): (line, message) or None."""
         try:
             self.env.get_template(name)
         except jinja2.TemplateSyntaxError as exc:
-            return f"template {name} line {exc.lineno}: {exc.message}"
+            return exc.lineno, exc.message or "syntax error"
         except jinja2.TemplateError as exc:
-            return f"template {name}: {exc}"
+            return 1, str(exc)
         return None
+
+    def names(self) -> list[str]:
+        """Every template file in the directory."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(
+            str(path.relative_to(self.directory)) for path in self.directory.rglob(f"*{SUFFIX}")
+        )
 
     def render(self, name: str, context: dict[str, Any]) -> Rendered:
         """Render template ``name`` and each of its blocks. Raises ``RenderError``."""

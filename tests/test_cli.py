@@ -73,6 +73,7 @@ def test_validate_checks_templates_the_rules_name(tmp_path: Path) -> None:
     templates = tmp_path / "templates"
     templates.mkdir()
     (templates / "broken.webhook.j2").write_text("ok\n{% if %}\n")
+    (templates / "course_created.j2").write_text("{{ body.name | no_such_filter }}\n")
     code, out = run("validate", str(rules), "--templates", str(templates))
     assert code == 1
     assert out.splitlines() == [
@@ -80,6 +81,8 @@ def test_validate_checks_templates_the_rules_name(tmp_path: Path) -> None:
         f" (looked for missing.webhook.j2, missing.j2 in {templates})",
         f"{rules}:6:54: rules[1].template: template broken.webhook.j2 line 2:"
         " Expected an expression, got 'end of statement block'",
+        f"{templates}/broken.webhook.j2:2:1: Expected an expression, got 'end of statement block'",
+        f"{templates}/course_created.j2:1:1: No filter named 'no_such_filter'.",
     ]
 
 
