@@ -1,7 +1,6 @@
 """The application factory: reads like a table of contents of the running service."""
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator
 
@@ -9,12 +8,14 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from router.admin import authorized, setup_admin_routes
 from router.appkeys import (
     DISPATCHER,
     DRAINING,
     HTTP,
     JWKS,
     LIVE,
+    METRICS,
     PLUGINS,
     RELOAD,
     ROUTING,
@@ -25,14 +26,18 @@ from router.appkeys import (
 from router.canvas_jwt import JwksVerifier
 from router.dispatch import Dispatcher, RetryPolicy, close_channels, open_channels
 from router.ingest import post_events, problem
+from router.logs import update_redactor
+from router.metrics import Metrics, metrics_handler
 from router.plugins import Plugins, load_plugins
 from router.redact import Redactor
 from router.reload import ReloadStatus, post_reload, reload_ctx
+from router.retention import retention_ctx
 from router.routing import Router, RoutingWorker
 from router.rules import load_rules
 from router.settings import Settings
 from router.store import open_store
 from router.templates import Templates
+from router.web import status_page
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +61,15 @@ def create_app(settings: Settings, *, plugins: Plugins | None = None) -> web.App
     app[LIVE] = Live(build_router(settings, app[PLUGINS]))
     app[DRAINING] = asyncio.Event()
     app[RELOAD] = ReloadStatus()
+    app[METRICS] = Metrics()
+    app[METRICS].reload_status = app[RELOAD]
     setup_routes(app)
+    app.on_startup.append(redact_logs)
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(workers_ctx)
     app.cleanup_ctx.append(reload_ctx)
+    app.cleanup_ctx.append(retention_ctx)
     app.on_shutdown.append(start_draining)
     return app
 
@@ -69,21 +78,19 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/events", post_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/", status_page)
     if app[SETTINGS].admin_token is not None:  # the admin API is off unless configured
         app.router.add_post("/-/reload", admin_only(post_reload))
+        setup_admin_routes(app, admin_only)
 
 
 def admin_only(handler: Handler) -> Handler:
-    """Wrap an admin route: it needs ``Authorization: Bearer <ROUTER_ADMIN_TOKEN>``."""
+    """Wrap an admin route: it needs ``Authorization: Bearer <ROUTER_ADMIN_TOKEN>``, or
+    the status page's session cookie (plus its CSRF field on a POST)."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        token = request.app[SETTINGS].admin_token
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if (
-            token is None
-            or scheme.lower() != "bearer"
-            or not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
-        ):
+        if not await authorized(request):
             return web.json_response(
                 {"error": "missing or wrong admin token"},
                 status=401,
@@ -97,6 +104,11 @@ def admin_only(handler: Handler) -> Handler:
 def redactor(app: web.Application) -> Redactor:
     """The redactor for the rules currently loaded."""
     return Redactor(app[LIVE].router.rules.secrets)
+
+
+async def redact_logs(app: web.Application) -> None:
+    """Point the log redaction at this rules file's secrets (reloads update it too)."""
+    update_redactor(redactor(app))
 
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -133,9 +145,12 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         base=settings.backoff_base,
         cap=settings.backoff_cap,
     )
-    dispatcher = Dispatcher(app[STORE], app[PLUGINS], policy, lambda: redactor(app))
+    metrics = app[METRICS]
+    dispatcher = Dispatcher(
+        app[STORE], app[PLUGINS], policy, lambda: redactor(app), metrics=metrics
+    )
     dispatcher.channels = await open_channels(app[LIVE].router.rules.channels)
-    routing = RoutingWorker(app[STORE], lambda: app[LIVE].router, dispatcher.wake)
+    routing = RoutingWorker(app[STORE], lambda: app[LIVE].router, dispatcher.wake, metrics=metrics)
     app[DISPATCHER] = dispatcher
     app[ROUTING] = routing
     tasks = [

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from router.canvas_jwt import JwksVerifier
 from router.dispatch import Dispatcher
+from router.metrics import Metrics
 from router.plugins import Plugins
 from router.routing import Router, RoutingWorker
 from router.settings import Settings
@@ -36,4 +37,5 @@ JWKS = web.AppKey("jwks", JwksVerifier | None)
 ROUTING = web.AppKey("routing", RoutingWorker)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 DRAINING = web.AppKey("draining", asyncio.Event)
+METRICS = web.AppKey("metrics", Metrics)
 RELOAD: "web.AppKey[ReloadStatus]" = web.AppKey("reload")

@@ -1,6 +1,7 @@
 """The ``router`` command line: serve, validate, plugins."""
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from pydantic import ValidationError
 
 from router import __version__
 from router.app import build_router, create_app
+from router.appkeys import LIVE, PLUGINS
+from router.cli_ops import deliveries, dlq
 from router.config_source import ConfigErrors
 from router.dryrun import DryRunError, EventReport, dry_run
 from router.logs import setup_logging
@@ -73,7 +76,7 @@ def cli() -> None:
     help=f"Log lines as JSON or text (auto: text on a terminal). {_env('log_format')}",
 )
 def serve(**options: Any) -> None:
-    """Run the service: POST /events, /healthz, /readyz.
+    """Run the service: POST /events, /healthz, /readyz, /metrics, the status page at /.
 
     The rules and templates reload on SIGHUP and when their files change; a bad
     file is rejected and the running rules stay.
@@ -81,7 +84,10 @@ def serve(**options: Any) -> None:
     \b
     Other settings, environment only:
       ROUTER_INGEST_TOKEN    bearer token required on POST /events
-      ROUTER_ADMIN_TOKEN     enables the admin API under /-/ (POST /-/reload), bearer token
+      ROUTER_ADMIN_TOKEN     enables the admin API under /-/ (reload, deliveries, dead
+                             letters), bearer token; also guards the status page
+      ROUTER_RETENTION       keep delivered deliveries and routed events this long (7d)
+      ROUTER_RETENTION_INTERVAL  seconds between retention passes (300; 0: off)
       ROUTER_RELOAD_POLL     seconds between checks for changed rules/templates (2; 0: off)
       ROUTER_JWKS_URL        JWKS for Canvas signed (JWT) deliveries
       ROUTER_JWT_AUDIENCE / ROUTER_JWT_ISSUER / ROUTER_REQUIRE_SIGNED
@@ -124,31 +130,80 @@ def serve(**options: Any) -> None:
 
 
 def _startup_summary(settings: Settings, app: web.Application) -> None:
-    from router.appkeys import LIVE, PLUGINS
+    """Say what is about to run: one structured log line, and for a person reading a
+    terminal (text logs) the same as a readable block."""
     from router.logs import update_redactor
 
+    update_redactor(Redactor(app[LIVE].router.rules.secrets))
+    summary = startup_summary(settings, app)
+    use_json = settings.log_format == "json" or (
+        settings.log_format == "auto" and not sys.stderr.isatty()
+    )
+    if use_json:
+        log.info(summary.pop("headline"), extra=summary)
+        return
+    click.echo(summary["headline"], err=True)
+    for key, value in summary.items():
+        if key != "headline":
+            click.echo(f"  {key.replace('_', ' ') + ':':<13} {value}", err=True)
+
+
+def startup_summary(settings: Settings, app: web.Application) -> dict[str, str]:
+    """What ``router serve`` runs: address, store, rules, channels, plugins, log-only
+    channels (and why), and the operations endpoints. Credentials never appear."""
     rules = app[LIVE].router.rules
-    update_redactor(Redactor(rules.secrets))
+    plugins = app[PLUGINS]
     log_only = []
     for name, channel in rules.channels.items():
-        instance = channel.type.cls(name, channel.config)
-        reason = "log_only: true" if channel.options.log_only else instance.log_only_reason()
+        try:
+            instance = channel.type.cls(name, channel.config)
+            reason = "log_only: true" if channel.options.log_only else instance.log_only_reason()
+        except Exception as exc:  # a plugin's own code
+            reason = f"cannot tell: {type(exc).__name__}"
         if reason:
             log_only.append(f"{name} ({reason})")
-    log.info(
-        "router %s listening on http://%s:%s",
-        __version__,
-        settings.host,
-        settings.port,
-        extra={
-            "store": settings.db,
-            "rules_file": str(settings.rules),
-            "rules": len(rules.rules),
-            "channels": ", ".join(f"{n}:{c.type.name}" for n, c in rules.channels.items()),
-            "plugins": ", ".join(info.name for info in app[PLUGINS].infos),
-            "log_only": ", ".join(log_only) or "none",
-        },
-    )
+    base = f"http://{settings.host}:{settings.port}"
+    admin = settings.admin_token is not None
+    summary = {
+        "headline": f"router {__version__} listening on {base}",
+        "store": _store_label(settings.db),
+        "rules_file": f"{settings.rules} ({len(rules.rules)} rules)"
+        f"; templates {settings.templates}",
+        "channels": ", ".join(f"{n} ({c.type.name})" for n, c in rules.channels.items()) or "none",
+        "log_only": ", ".join(log_only) or "none: every channel sends for real",
+        "plugins": ", ".join(f"{i.name} {i.version or ''}".strip() for i in plugins.infos)
+        + "".join(f"; FAILED {problem}" for problem in plugins.problems),
+        "ingest": "POST /events"
+        + (" (needs ROUTER_INGEST_TOKEN)" if settings.ingest_token else " (no token required)"),
+        "operations": f"status page {base}/"
+        + (" (admin token required)" if admin else "")
+        + f", metrics {base}/metrics, {base}/healthz, {base}/readyz",
+        "admin_api": f"{base}/-/ (needs ROUTER_ADMIN_TOKEN)"
+        if admin
+        else "off (set ROUTER_ADMIN_TOKEN to enable)",
+        "retention": f"{_seconds(settings.retention)}"
+        + (
+            f", checked every {_seconds(settings.retention_interval)}"
+            if settings.retention_interval
+            else " (off: ROUTER_RETENTION_INTERVAL=0)"
+        ),
+    }
+    return {key: Redactor(rules.secrets)(value) for key, value in summary.items()}
+
+
+def _store_label(db: str) -> str:
+    if "://" in db and not db.startswith("sqlite:"):
+        return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", db)  # hide a password
+    path = Path(db.removeprefix("sqlite:///").removeprefix("sqlite://"))
+    size = f", {path.stat().st_size / 1048576:.1f} MiB" if path.exists() else ", new"
+    return f"{path} (SQLite{size})"
+
+
+def _seconds(value: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if value >= size and value % size == 0:
+            return f"{value / size:g}{unit}"
+    return f"{value:g}s"
 
 
 @cli.command()
@@ -253,6 +308,10 @@ def plugins(plugins_dir: Path | None) -> None:
         click.echo(f"FAILED {problem}")
     if loaded.problems:
         sys.exit(1)
+
+
+cli.add_command(deliveries)
+cli.add_command(dlq)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from router.channels import Channel, DeliveryOutcome, Message, PermanentError, RetryableError
+from router.metrics import Metrics
 from router.plugins import Plugins
 from router.ratelimit import RateLimiter, parse_rate
 from router.redact import Redactor
@@ -119,6 +120,7 @@ class Dispatcher:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.plugins = plugins
@@ -126,6 +128,7 @@ class Dispatcher:
         self.redactor = redactor
         self.clock = clock
         self.rng = rng or random.Random()
+        self.metrics = metrics or Metrics()
         self.channels: dict[str, ChannelRuntime] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -251,6 +254,7 @@ class Dispatcher:
                 log.exception(
                     "channel plugin raised", extra={"plugin": plugin, "channel": job.channel}
                 )
+                self.metrics.plugin_errors.labels(plugin, "send").inc()
                 error = f"channel plugin {plugin!r} raised {type(exc).__name__}: {exc}"
         await self._record(runtime, job, attempt, error, retry_after, permanent, bool(log_only))
 
@@ -317,4 +321,7 @@ class Dispatcher:
                 "retry_in": None if retry_in is None else round(retry_in, 3),
             },
         )
-        self.plugins.delivery_finished(outcome)
+        latency = now - (job.received_at or job.created_at) if status == "delivered" else None
+        self.metrics.delivery(job.channel, status, attempt, latency)
+        for plugin in self.plugins.delivery_finished(outcome):
+            self.metrics.plugin_errors.labels(plugin, "delivery_finished").inc()

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from router.appkeys import DRAINING, JWKS, ROUTING, SETTINGS, STORE
+from router.appkeys import DRAINING, JWKS, METRICS, ROUTING, SETTINGS, STORE
 from router.canvas_jwt import JwtError
 from router.events import (
     BadRequest,
@@ -110,11 +110,15 @@ def parse_body_or_error(
 async def post_events(request: web.Request) -> web.Response:
     """Accept events; 202 only once they are durable."""
     app = request.app
+    metrics = app[METRICS]
+    metrics.requests.inc()
     if app[DRAINING].is_set():
+        metrics.rejected[503].inc()
         return web.json_response(
             {"error": "shutting down; retry later"}, status=503, headers={"Retry-After": "5"}
         )
     if not _authorized(request):
+        metrics.rejected[401].inc()
         return web.json_response(
             {"error": "missing or wrong bearer token"},
             status=401,
@@ -122,9 +126,11 @@ async def post_events(request: web.Request) -> web.Response:
         )
     data = await _read(request, app[SETTINGS].max_body_bytes)
     if isinstance(data, web.Response):
+        metrics.rejected[data.status].inc()
         return data
     events = await _events_from(request, data)
     if isinstance(events, web.Response):
+        metrics.rejected[events.status].inc()
         return events
     accepted = await app[STORE].accept_events(
         [(e.id, e.name, e.payload) for e in events],
@@ -132,10 +138,15 @@ async def post_events(request: web.Request) -> web.Response:
         now=time.time(),
     )
     app[ROUTING].wake()
+    duplicates = 0
     for event, answer in zip(events, accepted, strict=True):
+        duplicates += answer.duplicate
         log.info(
             "event duplicate" if answer.duplicate else "event accepted",
             extra={"event_id": answer.id, "event_name": event.name},
         )
+    metrics.accepted.inc(len(accepted) - duplicates)
+    if duplicates:
+        metrics.duplicates.inc(duplicates)
     body = orjson.dumps({"accepted": [{"id": a.id, "duplicate": a.duplicate} for a in accepted]})
     return web.Response(body=body, status=202, content_type="application/json")

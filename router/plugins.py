@@ -71,13 +71,17 @@ class Plugins:
     def plugin_name(self, plugin: object) -> str:
         return self.manager.get_name(plugin) or getattr(plugin, "__name__", repr(plugin))
 
-    def delivery_finished(self, outcome: DeliveryOutcome) -> None:
-        """Tell every observer about an outcome; a crashing observer is logged, not raised."""
+    def delivery_finished(self, outcome: DeliveryOutcome) -> list[str]:
+        """Tell every observer about an outcome; a crashing observer is logged, not
+        raised. Returns the names of the plugins that raised (for the metrics)."""
+        failed = []
         for impl in self.manager.hook.delivery_finished.get_hookimpls():
             try:
                 impl.function(outcome=outcome)
             except Exception:
                 log.exception("plugin %r failed in delivery_finished", impl.plugin_name)
+                failed.append(impl.plugin_name)
+        return failed
 
 
 def _load_file(path: Path) -> ModuleType:

@@ -9,13 +9,14 @@ doubles a job. It also flushes digest groups whose wait is over.
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from router.matching import MISSING, MatchContext, lookup
+from router.metrics import Metrics
 from router.rules import Rule, RuleSet
 from router.snapshots import entity_key, merge_snapshot, previous_event
 from router.store import DigestEntry, DueDigest, InboxEvent, NewDelivery, RoutedEvent, Store
@@ -209,11 +210,13 @@ class RoutingWorker:
         on_routed: Callable[[], None],
         *,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.router = router
         self.on_routed = on_routed
         self.clock = clock
+        self.metrics = metrics or Metrics()
         self.suppressed = 0
         self._wake = asyncio.Event()
 
@@ -261,6 +264,10 @@ class RoutingWorker:
             if decision.routed.snapshot is not None and key:
                 snapshots[key] = orjson.loads(decision.routed.snapshot[1])
             routed.append(decision.routed)
+            for rule in decision.fired:
+                self.metrics.rule_matches.labels(rule.name).inc()
+            for entry in decision.routed.digests:
+                self.metrics.digested.labels(entry.rule).inc()
             log.debug(
                 "event routed",
                 extra={
@@ -272,8 +279,36 @@ class RoutingWorker:
         suppressed = await self.store.record_routing(routed, now=self.clock())
         self.suppressed += len(suppressed)
         for rule in suppressed:
+            self.metrics.throttled.labels(rule).inc()
             log.info("delivery throttled", extra={"rule": rule})
+        throttled = set(suppressed)
+        for item in routed:
+            self._born_dead(item.event.id, item.deliveries, throttled)
         return len(events)
+
+    def _born_dead(
+        self, event_id: str, jobs: list[NewDelivery], suppressed: Collection[str] = ()
+    ) -> None:
+        """Count and log the deliveries that were created dead (their message failed to
+        render): they never reach the dispatcher, so their outcome is logged here."""
+        for job in jobs:
+            if job.error is None:
+                continue
+            self.metrics.render_errors.labels(job.rule).inc()
+            if job.throttle is not None and job.rule in suppressed:
+                continue  # maybe throttled away: not necessarily a dead letter
+            log.warning(
+                "delivery dead",
+                extra={
+                    "event_id": event_id,
+                    "rule": job.rule,
+                    "channel": job.channel,
+                    "key": job.key,
+                    "attempt": 0,
+                    "error": job.error,
+                    "retry_in": None,
+                },
+            )
 
     async def flush_digests(self) -> int:
         """Send the digest groups that are due; return how many were sent."""
@@ -282,6 +317,8 @@ class RoutingWorker:
         for digest in due:
             jobs = router.digest_jobs(digest)
             await self.store.record_digest(digest.id, jobs, now=self.clock())
+            self.metrics.digests_sent.labels(digest.rule).inc()
+            self._born_dead(digest.events[0].id if digest.events else "", jobs)
             log.info(
                 "digest sent",
                 extra={"rule": digest.rule, "events": len(digest.events), "deliveries": len(jobs)},

@@ -5,12 +5,19 @@ hears about what.
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
+
+
+def _duration(value: Any) -> float:
+    """``7d``, ``12h``, ``90m`` or seconds (the rules file's duration syntax)."""
+    from router.rules import parse_duration  # the rules module is heavy; settings are not
+
+    return parse_duration(value)
 
 
 class Settings(BaseSettings):
@@ -20,7 +27,11 @@ class Settings(BaseSettings):
 
     rules: Path = Field(Path("rules.yaml"), description="rules file")
     templates: Path = Field(Path("templates"), description="templates directory")
-    db: str = Field("router.db", description="store: a SQLite file path")
+    db: str = Field(
+        "router.db",
+        description="store: a SQLite file path, or postgresql://user@host/db?schema=NAME"
+        " shared by several replicas",
+    )
     host: str = Field("127.0.0.1", description="listen address")
     port: int = Field(8080, ge=0, le=65535, description="listen port")
     plugins_dir: Path | None = Field(None, description="directory of drop-in plugin .py files")
@@ -49,3 +60,9 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["auto", "json", "text"] = Field("auto", description="log line format")
+    retention: Annotated[float, BeforeValidator(_duration)] = Field(
+        7 * 86400.0, description="keep delivered deliveries and routed events this long (7d)"
+    )
+    retention_interval: float = Field(
+        300.0, ge=0, description="seconds between retention passes (0: off)"
+    )

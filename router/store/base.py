@@ -86,6 +86,7 @@ class DeliveryJob:
     event: bytes
     attempts: int
     created_at: float
+    received_at: float | None = None  # when the event was accepted (delivery latency)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,42 @@ class DeliveryRecord:
     updated_at: float
     next_attempt_at: float
     last_error: str | None
+    event_name: str = ""
+
+
+@dataclass(frozen=True)
+class DeliveryDetail:
+    """One delivery with its rendered message and its event (``router dlq show``)."""
+
+    record: DeliveryRecord
+    message: bytes
+    event: bytes | None  # None once retention removed the payload
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """A stored event and the deliveries it produced (the status page)."""
+
+    seq: int
+    id: str
+    name: str
+    state: str  # pending, routed, duplicate
+    received_at: float
+    deliveries: list[DeliveryRecord]
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What one retention pass removed."""
+
+    deliveries: int = 0
+    events: int = 0
+    digests: int = 0
+    throttles: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.deliveries + self.events + self.digests + self.throttles
 
 
 @dataclass(frozen=True)
@@ -172,13 +209,59 @@ class Store(Protocol):
         """When the earliest pending delivery of these channels becomes due, or None."""
 
     async def list_deliveries(
-        self, *, state: DeliveryState | None = None, limit: int = 100
+        self,
+        *,
+        state: DeliveryState | None = None,
+        limit: int = 100,
+        channel: str | None = None,
+        rule: str | None = None,
+        since: float | None = None,
     ) -> list[DeliveryRecord]:
-        """Deliveries, newest first, optionally of one state."""
+        """Deliveries, newest first. Every filter given must hold: ``state``,
+        ``channel``, ``rule``, and ``since`` (last changed at or after, unix seconds)."""
 
-    async def replay(self, delivery_ids: list[int] | None, *, now: float) -> int:
-        """Put dead deliveries back in the queue (all of them when ids is None),
-        keeping their idempotency keys. Returns how many were requeued."""
+    async def get_delivery(self, delivery_id: int) -> DeliveryDetail | None:
+        """One delivery with its rendered message and event, or None."""
+
+    async def replay(
+        self,
+        delivery_ids: list[int] | None,
+        *,
+        now: float,
+        channel: str | None = None,
+        rule: str | None = None,
+        since: float | None = None,
+    ) -> int:
+        """Put dead deliveries back in the queue (all of them when ids is None; the
+        filters narrow either), keeping their idempotency keys. Returns how many were
+        requeued."""
+
+    async def purge(
+        self,
+        delivery_ids: list[int] | None,
+        *,
+        channel: str | None = None,
+        rule: str | None = None,
+        since: float | None = None,
+    ) -> int:
+        """Delete dead deliveries, selected as by ``replay``. Returns how many."""
 
     async def counts(self) -> StoreCounts:
         """Queue sizes."""
+
+    async def oldest_pending(self) -> float | None:
+        """``created_at`` of the oldest pending delivery, or None when none is pending."""
+
+    async def size_bytes(self) -> int:
+        """The store's size on disk in bytes (for SQLite: the file plus its WAL)."""
+
+    async def recent_events(self, limit: int = 20) -> list[EventRecord]:
+        """The latest events, newest first, each with its deliveries."""
+
+    async def prune(self, *, before: float, limit: int = 1000) -> Pruned:
+        """Retention, one bounded pass: delete delivered/logged deliveries last changed
+        before ``before``; routed and duplicate events received before it (with their
+        payloads) that have no delivery left and are in no open digest; sent digest
+        groups opened before it; throttle windows that ended before it. Pending and
+        dead deliveries and their events are never deleted. Removes at most about
+        ``limit`` rows of each kind: call again while ``total`` is not 0."""

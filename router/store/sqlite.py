@@ -8,6 +8,7 @@ concurrent requests share one fsync, and nobody hears "done" before it is durabl
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -16,13 +17,16 @@ from typing import Any, TypeVar
 
 from router.store.base import (
     Accepted,
+    DeliveryDetail,
     DeliveryJob,
     DeliveryRecord,
     DeliveryState,
     DigestEntry,
     DueDigest,
+    EventRecord,
     InboxEvent,
     NewDelivery,
+    Pruned,
     RoutedEvent,
     StoreCounts,
 )
@@ -97,7 +101,25 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (digest_id, event_seq)
     );
     """,
+    # Retention deletes events: their child rows are found by index, not by a scan
+    # (SQLite's foreign-key check on delete needs these too).
+    """
+    CREATE INDEX deliveries_by_event ON deliveries (event_seq);
+    CREATE INDEX digest_events_by_event ON digest_events (event_seq);
+    """,
 ]
+
+_STATES = ("pending", "delivered", "logged", "dead")
+_STATE_INDEX = {
+    "dead": "INDEXED BY deliveries_dead",
+    "pending": "INDEXED BY deliveries_due",
+}
+
+# The columns of a DeliveryRecord, in order (deliveries d joined with events e).
+_RECORD = (
+    "d.id, d.key, e.id, d.rule, d.channel, d.state, d.attempts, d.created_at,"
+    " d.updated_at, d.next_attempt_at, d.last_error, e.name"
+)
 
 
 class SqliteStore:
@@ -348,7 +370,8 @@ class SqliteStore:
             leased = self._delivery_leases = _live(self._delivery_leases, now)
             rows = conn.execute(
                 "SELECT d.id, d.key, e.id, e.name, d.rule, d.channel, d.message, p.payload,"
-                " d.attempts, d.created_at FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+                " d.attempts, d.created_at, e.received_at"
+                " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
                 " JOIN event_payloads p ON p.seq = d.event_seq"
                 " WHERE d.state = 'pending' AND d.channel = ? AND d.next_attempt_at <= ?"
                 " ORDER BY d.next_attempt_at LIMIT ?",
@@ -395,31 +418,76 @@ class SqliteStore:
         return await self._call(op)
 
     async def list_deliveries(
-        self, *, state: DeliveryState | None = None, limit: int = 100
+        self,
+        *,
+        state: DeliveryState | None = None,
+        limit: int = 100,
+        channel: str | None = None,
+        rule: str | None = None,
+        since: float | None = None,
     ) -> list[DeliveryRecord]:
         def op(conn: sqlite3.Connection) -> list[DeliveryRecord]:
-            where, args = ("WHERE d.state = ?", [state]) if state else ("", [])
+            where, args = _filters(state=state, channel=channel, rule=rule, since=since)
+            # Dead and pending rows are few among many: read them through their partial
+            # index (the planner would rather scan the whole table to skip a sort).
+            index = _STATE_INDEX.get(state or "", "")
             rows = conn.execute(
-                "SELECT d.id, d.key, e.id, d.rule, d.channel, d.state, d.attempts, d.created_at,"
-                " d.updated_at, d.next_attempt_at, d.last_error FROM deliveries d"
-                f" JOIN events e ON e.seq = d.event_seq {where} ORDER BY d.id DESC LIMIT ?",
+                f"SELECT {_RECORD} FROM deliveries d {index}"
+                f" JOIN events e ON e.seq = d.event_seq WHERE {where} ORDER BY d.id DESC LIMIT ?",
                 [*args, limit],
             ).fetchall()
             return [DeliveryRecord(*row) for row in rows]
 
         return await self._call(op)
 
-    async def replay(self, delivery_ids: list[int] | None, *, now: float) -> int:
+    async def get_delivery(self, delivery_id: int) -> DeliveryDetail | None:
+        def op(conn: sqlite3.Connection) -> DeliveryDetail | None:
+            row = conn.execute(
+                f"SELECT {_RECORD}, d.message, p.payload FROM deliveries d"
+                " JOIN events e ON e.seq = d.event_seq"
+                " LEFT JOIN event_payloads p ON p.seq = d.event_seq WHERE d.id = ?",
+                (delivery_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            return DeliveryDetail(DeliveryRecord(*row[:-2]), row[-2], row[-1])
+
+        return await self._call(op)
+
+    async def replay(
+        self,
+        delivery_ids: list[int] | None,
+        *,
+        now: float,
+        channel: str | None = None,
+        rule: str | None = None,
+        since: float | None = None,
+    ) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            sql = (
-                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                " updated_at = ? WHERE state = 'dead'"
+            where, args = _filters(
+                state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
             )
-            args: list[Any] = [now, now]
-            if delivery_ids is not None:
-                sql += f" AND id IN ({','.join('?' * len(delivery_ids))})"
-                args.extend(delivery_ids)
-            return conn.execute(sql, args).rowcount
+            return conn.execute(
+                "UPDATE deliveries AS d SET state = 'pending', attempts = 0,"
+                f" next_attempt_at = ?, updated_at = ? WHERE {where}",
+                [now, now, *args],
+            ).rowcount
+
+        return await self._call(op)
+
+    async def purge(
+        self,
+        delivery_ids: list[int] | None,
+        *,
+        channel: str | None = None,
+        rule: str | None = None,
+        since: float | None = None,
+    ) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            where, args = _filters(
+                state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
+            )
+            return conn.execute(f"DELETE FROM deliveries AS d WHERE {where}", args).rowcount
 
         return await self._call(op)
 
@@ -438,6 +506,137 @@ class SqliteStore:
             return StoreCounts(events_pending=events, deliveries_pending=pending, dead=dead)
 
         return await self._call(op)
+
+    async def oldest_pending(self) -> float | None:
+        def op(conn: sqlite3.Connection) -> float | None:
+            return conn.execute(
+                "SELECT min(created_at) FROM deliveries WHERE state = 'pending'"
+            ).fetchone()[0]
+
+        return await self._call(op)
+
+    async def size_bytes(self) -> int:
+        total = 0
+        for path in (self.path, f"{self.path}-wal"):
+            try:
+                total += os.stat(path).st_size
+            except OSError:
+                pass
+        return total
+
+    async def recent_events(self, limit: int = 20) -> list[EventRecord]:
+        def op(conn: sqlite3.Connection) -> list[EventRecord]:
+            events = conn.execute(
+                "SELECT seq, id, name, state, received_at FROM events ORDER BY seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            seqs = [row[0] for row in events]
+            found: dict[int, list[DeliveryRecord]] = {seq: [] for seq in seqs}
+            if seqs:
+                rows = conn.execute(
+                    f"SELECT d.event_seq, {_RECORD} FROM deliveries d"
+                    " JOIN events e ON e.seq = d.event_seq"
+                    f" WHERE d.event_seq IN ({','.join('?' * len(seqs))}) ORDER BY d.id",
+                    seqs,
+                ).fetchall()
+                for row in rows:
+                    found[row[0]].append(DeliveryRecord(*row[1:]))
+            return [EventRecord(*row, deliveries=found[row[0]]) for row in events]
+
+        return await self._call(op)
+
+    async def prune(self, *, before: float, limit: int = 1000) -> Pruned:
+        def op(conn: sqlite3.Connection) -> Pruned:
+            # Rows are scanned oldest first and the scan stops at the cutoff, so a pass
+            # reads what it deletes plus the old rows it must keep (pending, dead).
+            deliveries = []
+            cursor = conn.execute(
+                "SELECT id, state, created_at, updated_at FROM deliveries ORDER BY id"
+            )
+            for delivery_id, state, created_at, updated_at in cursor:
+                if created_at >= before or len(deliveries) >= limit:
+                    break  # updated_at >= created_at: nothing later is old enough
+                if state in ("delivered", "logged") and updated_at < before:
+                    deliveries.append(delivery_id)
+            cursor.close()
+            _delete(conn, "DELETE FROM deliveries WHERE id IN", deliveries)
+
+            digests = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM digests WHERE state = 'sent' AND opened_at < ? LIMIT ?",
+                    (before, limit),
+                )
+            ]
+            _delete(conn, "DELETE FROM digest_events WHERE digest_id IN", digests)
+            _delete(conn, "DELETE FROM digests WHERE id IN", digests)
+
+            events = []
+            cursor = conn.execute("SELECT seq, state, received_at FROM events ORDER BY seq")
+            for seq, state, received_at in cursor:
+                if received_at >= before or len(events) >= limit:
+                    break
+                if state == "pending" or _referenced(conn, seq):
+                    continue  # not routed yet, a delivery left, or in an open digest
+                events.append(seq)
+            cursor.close()
+            _delete(conn, "DELETE FROM event_payloads WHERE seq IN", events)
+            _delete(conn, "DELETE FROM events WHERE seq IN", events)
+
+            throttles = conn.execute(
+                "DELETE FROM throttles WHERE rowid IN"
+                " (SELECT rowid FROM throttles WHERE until < ? LIMIT ?)",
+                (before, limit),
+            ).rowcount
+            return Pruned(len(deliveries), len(events), len(digests), throttles)
+
+        return await self._call(op)
+
+
+def _filters(
+    *,
+    state: str | None = None,
+    ids: list[int] | None = None,
+    channel: str | None = None,
+    rule: str | None = None,
+    since: float | None = None,
+) -> tuple[str, list[Any]]:
+    """A WHERE clause over deliveries ``d`` holding every filter given. The state is
+    written as a literal (checked first), so that SQLite can use the partial indexes."""
+    clauses, args = ["1"], []
+    if state is not None:
+        if state not in _STATES:
+            raise ValueError(f"unknown delivery state {state!r}")
+        clauses.append(f"d.state = '{state}'")
+    for sql, value in (
+        ("d.channel = ?", channel),
+        ("d.rule = ?", rule),
+        ("d.updated_at >= ?", since),
+    ):
+        if value is not None:
+            clauses.append(sql)
+            args.append(value)
+    if ids is not None:
+        clauses.append(f"d.id IN ({','.join('?' * len(ids))})")
+        args.extend(ids)
+    return " AND ".join(clauses), args
+
+
+def _referenced(conn: sqlite3.Connection, seq: int) -> bool:
+    """Whether a delivery or a digest group still points at this event."""
+    return bool(
+        conn.execute("SELECT 1 FROM deliveries WHERE event_seq = ? LIMIT 1", (seq,)).fetchone()
+        or conn.execute(
+            "SELECT 1 FROM digest_events WHERE event_seq = ? LIMIT 1", (seq,)
+        ).fetchone()
+    )
+
+
+def _delete(conn: sqlite3.Connection, sql: str, keys: list[int]) -> None:
+    """``sql (?, ?, ...)`` over ``keys``, in chunks below SQLite's parameter limit."""
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        conn.execute(f"{sql} ({','.join('?' * len(chunk))})", chunk)
 
 
 def _insert_deliveries(

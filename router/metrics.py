@@ -1,0 +1,263 @@
+"""Prometheus metrics: every metric of the service, defined in one place.
+
+One ``Metrics`` per application, each with its own ``CollectorRegistry`` (never the
+global one: tests build many apps in one process). Workers get the object passed in;
+the ingest handler finds it under the ``METRICS`` app key. Counters and the latency
+histogram are updated where things happen; the queue gauges and the store size are
+read from the store when ``GET /metrics`` is scraped.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from router.reload import ReloadStatus
+    from router.store import Store
+
+__all__ = ["LATENCY_BUCKETS", "REJECT_REASONS", "Metrics", "get_metrics"]
+
+#: Seconds from "event accepted" to "delivered": 1 ms .. 1 h.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+
+#: The HTTP status of a refused ``POST /events`` and the reason label it counts under.
+REJECT_REASONS = {
+    400: "bad_json",
+    401: "unauthorized",
+    413: "too_large",
+    415: "unsupported_type",
+    422: "invalid",
+    503: "draining",
+}
+
+
+class _ReloadCollector:
+    """Reads the reload counts kept by ``ReloadStatus`` at scrape time."""
+
+    def __init__(self, status: Callable[[], "ReloadStatus | None"]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "router_rules_reloads", "Rules reloads, by outcome (ok, rejected).", labels=["outcome"]
+        )
+        status = self.status()
+        family.add_metric(["ok"], status.succeeded if status else 0)
+        family.add_metric(["rejected"], status.failed if status else 0)
+        yield family
+
+
+class Metrics:
+    """The service's metrics, registered in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.started_at = time.time()
+        self.reload_status: ReloadStatus | None = None
+        r = self.registry
+        # -- ingest ----------------------------------------------------------------
+        self.requests = Counter(
+            "router_events_received",
+            "POST /events requests received (one request may carry a batch of events).",
+            registry=r,
+        )
+        self.accepted = Counter(
+            "router_events_accepted", "Events stored as new (answered 202).", registry=r
+        )
+        self.duplicates = Counter(
+            "router_events_duplicate",
+            "Events answered 202 as repeats of an event seen within the dedupe window.",
+            registry=r,
+        )
+        self.rejected_total = Counter(
+            "router_events_rejected",
+            "POST /events requests refused, by reason; nothing of a refused request is stored.",
+            ["reason"],
+            registry=r,
+        )
+        # Children bound once, so refusing a request allocates nothing.
+        self.rejected = {
+            status: self.rejected_total.labels(reason) for status, reason in REJECT_REASONS.items()
+        }
+        # -- routing ---------------------------------------------------------------
+        self.rule_matches = Counter(
+            "router_rule_matches", "Events a rule fired for, by rule.", ["rule"], registry=r
+        )
+        self.throttled = Counter(
+            "router_throttled",
+            "Deliveries suppressed by a rule's throttle, by rule.",
+            ["rule"],
+            registry=r,
+        )
+        self.digested = Counter(
+            "router_digested_events",
+            "Events that joined a digest group instead of notifying at once, by rule.",
+            ["rule"],
+            registry=r,
+        )
+        self.digests_sent = Counter(
+            "router_digests_sent", "Digest groups sent, by rule.", ["rule"], registry=r
+        )
+        self.render_errors = Counter(
+            "router_render_errors",
+            "Deliveries born dead because their message could not be rendered, by rule.",
+            ["rule"],
+            registry=r,
+        )
+        # -- delivery --------------------------------------------------------------
+        self.attempts = Counter(
+            "router_delivery_attempts",
+            "Delivery attempts by channel and outcome: delivered, logged (log-only channel),"
+            " retried (failed, will be tried again), dead (failed for good).",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.completed = Counter(
+            "router_deliveries_completed",
+            "Deliveries that reached a final state, by channel and result:"
+            " delivered_first_attempt, delivered_after_retry, logged, failed.",
+            ["channel", "result"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "router_delivery_latency_seconds",
+            "Seconds from the event being accepted to its delivery, by channel.",
+            ["channel"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.plugin_errors = Counter(
+            "router_plugin_errors",
+            "Unexpected exceptions raised by plugins, by plugin and hook"
+            " (send, delivery_finished).",
+            ["plugin", "hook"],
+            registry=r,
+        )
+        # -- store (refreshed at scrape time) ---------------------------------------
+        self.events_pending = Gauge(
+            "router_events_pending", "Accepted events not yet routed.", registry=r
+        )
+        self.deliveries_pending = Gauge(
+            "router_deliveries_pending",
+            "Deliveries waiting for an attempt (new or retrying).",
+            registry=r,
+        )
+        self.oldest_pending_age = Gauge(
+            "router_oldest_pending_delivery_age_seconds",
+            "Age of the oldest pending delivery (0 when none is pending).",
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "router_dead_letters", "Deliveries in the dead-letter queue.", registry=r
+        )
+        self.store_size = Gauge(
+            "router_store_size_bytes", "Size of the store on disk (SQLite file + WAL).", registry=r
+        )
+        self.pruned = Counter(
+            "router_retention_pruned",
+            "Rows removed by retention, by kind (events, deliveries, digests, throttles).",
+            ["kind"],
+            registry=r,
+        )
+        r.register(_ReloadCollector(lambda: self.reload_status))
+
+    # -- recording helpers (cheap: one dict lookup or labels() call and an increment) --
+
+    def delivery(self, channel: str, status: str, attempt: int, latency: float | None) -> None:
+        """Count one attempt's outcome (``delivered``, ``logged``, ``retry``, ``dead``)."""
+        if status == "retry":
+            self.attempts.labels(channel, "retried").inc()
+            return
+        self.attempts.labels(channel, status).inc()
+        if status == "delivered":
+            result = "delivered_first_attempt" if attempt == 1 else "delivered_after_retry"
+            if latency is not None:
+                self.latency.labels(channel).observe(max(0.0, latency))
+        elif status == "dead":
+            result = "failed"
+        else:
+            result = "logged"
+        self.completed.labels(channel, result).inc()
+
+    async def refresh(self, store: "Store", *, now: float) -> dict[str, float]:
+        """Read the queue gauges and the store size from the store; return them."""
+        counts = await store.counts()
+        oldest = await store.oldest_pending()
+        state = {
+            "events_pending": counts.events_pending,
+            "deliveries_pending": counts.deliveries_pending,
+            "dead": counts.dead,
+            "oldest_pending_age": 0.0 if oldest is None else max(0.0, now - oldest),
+            "store_size": await store.size_bytes(),
+        }
+        self.events_pending.set(state["events_pending"])
+        self.deliveries_pending.set(state["deliveries_pending"])
+        self.dead_letters.set(state["dead"])
+        self.oldest_pending_age.set(state["oldest_pending_age"])
+        self.store_size.set(state["store_size"])
+        return state
+
+    def totals(self) -> dict[str, float]:
+        """Every sample summed over its labels, by sample name (for the status page)."""
+        sums: dict[str, float] = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+        return sums
+
+    def by_label(self, sample_name: str, *labels: str) -> dict[tuple[str, ...], float]:
+        """The values of one sample name keyed by the given labels (summing the rest)."""
+        found: dict[tuple[str, ...], float] = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name == sample_name:
+                    key = tuple(sample.labels.get(label, "") for label in labels)
+                    found[key] = found.get(key, 0.0) + sample.value
+        return found
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def get_metrics(request: web.Request) -> Metrics:
+    from router.appkeys import METRICS
+
+    return request.app[METRICS]
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """``GET /metrics``: the Prometheus text format, queue gauges read from the store."""
+    from router.appkeys import STORE
+
+    metrics = get_metrics(request)
+    await metrics.refresh(request.app[STORE], now=time.time())
+    response = web.Response(body=metrics.exposition())
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    response.charset = "utf-8"
+    return response

@@ -1,0 +1,229 @@
+"""The status page, ``GET /``: plain HTML from Jinja2 templates (autoescaped), no
+JavaScript, no build step. What it shows comes from the metrics, the store and the
+loaded rules; every error string on it is redacted, and channel settings (where the
+secrets live) are never shown.
+
+With ``ROUTER_ADMIN_TOKEN`` set the page needs the token: as a bearer header, or
+once as ``/?token=...``, which sets an HttpOnly, SameSite=Strict session cookie
+(derived from the token, not the token itself) and redirects to ``/``. Its replay
+buttons are HTML forms posting to ``/-/dlq/replay`` with a CSRF field (a form posting
+to ``/-/dlq/purge`` works the same way and comes back with ``?purged=N``).
+"""
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from router import __version__
+from router.admin import COOKIE, bearer_ok, cookie_ok, csrf_value, same, session_value
+from router.appkeys import DISPATCHER, LIVE, METRICS, PLUGINS, RELOAD, SETTINGS, STORE
+from router.redact import Redactor
+
+__all__ = ["status_page"]
+
+RECENT_EVENTS = 20
+DEAD_LETTERS = 50
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _time(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _ago(value: float | None, now: float) -> str:
+    if value is None:
+        return "-"
+    return _duration(max(0.0, now - value)) + " ago"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+
+
+def _percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f} %" if whole else "-"
+
+
+_env.filters.update(time=_time, duration=_duration, number=_number)
+
+
+def _html(template: str, status: int = 200, **context: Any) -> web.Response:
+    body = _env.get_template(template).render(version=__version__, **context)
+    return web.Response(
+        text=body,
+        status=status,
+        content_type="text/html",
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline';"
+            " img-src data:; form-action 'self'; frame-ancestors 'none'",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
+
+
+def _login(message: str) -> web.Response:
+    return _html("login.html", status=401, message=message)
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """``GET /``: the state of the router at a glance."""
+    app = request.app
+    secret = app[SETTINGS].admin_token
+    csrf = None
+    if secret is not None:
+        token = secret.get_secret_value()
+        given = request.query.get("token")
+        if given is not None:
+            if not same(given, token):
+                return _login("That token is not the admin token.")
+            # Trade the token in the URL for a cookie, and the URL for a clean one.
+            redirect = web.HTTPSeeOther("/")
+            redirect.set_cookie(
+                COOKIE,
+                session_value(token),
+                httponly=True,
+                samesite="Strict",
+                secure=request.secure,
+                path="/",
+            )
+            raise redirect
+        if not (bearer_ok(request, token) or cookie_ok(request, token)):
+            return _login("This page needs the admin token.")
+        csrf = csrf_value(token)
+    return _html("status.html", **await _context(app, request, csrf))
+
+
+async def _context(app: web.Application, request: web.Request, csrf: str | None) -> dict[str, Any]:
+    now = time.time()
+    store = app[STORE]
+    metrics = app[METRICS]
+    rules = app[LIVE].router.rules
+    redact = Redactor(rules.secrets)
+    queues = await metrics.refresh(store, now=now)
+    totals = metrics.totals()
+    uptime = max(1.0, now - metrics.started_at)
+    attempts = {
+        k[0]: v for k, v in metrics.by_label("router_delivery_attempts_total", "outcome").items()
+    }
+    by_channel = metrics.by_label("router_delivery_attempts_total", "channel", "outcome")
+    requests = totals.get("router_events_received_total", 0.0)
+    rejected = totals.get("router_events_rejected_total", 0.0)
+    accepted = totals.get("router_events_accepted_total", 0.0)
+    attempted = sum(attempts.values())
+    failed = attempts.get("retried", 0.0) + attempts.get("dead", 0.0)
+    latency_count = totals.get("router_delivery_latency_seconds_count", 0.0)
+    latency_sum = totals.get("router_delivery_latency_seconds_sum", 0.0)
+    rejected_by = {
+        k[0]: v for k, v in metrics.by_label("router_events_rejected_total", "reason").items() if v
+    }
+    throughput = {
+        "uptime": _duration(uptime),
+        "requests": requests,
+        "accepted": accepted,
+        "accepted_per_min": accepted * 60 / uptime,
+        "duplicates": totals.get("router_events_duplicate_total", 0.0),
+        "rejected": rejected,
+        "rejected_by": rejected_by,
+        "reject_rate": _percent(rejected, requests),
+        "attempts": attempts,
+        "attempted": attempted,
+        "delivered_per_min": attempts.get("delivered", 0.0) * 60 / uptime,
+        "failure_rate": _percent(failed, attempted),
+        "mean_latency": _duration(latency_sum / latency_count) if latency_count else "-",
+        "throttled": totals.get("router_throttled_total", 0.0),
+        "digested": totals.get("router_digested_events_total", 0.0),
+        "plugin_errors": totals.get("router_plugin_errors_total", 0.0),
+        **queues,
+    }
+
+    pending = await store.list_deliveries(state="pending", limit=500)
+    dead = await store.list_deliveries(state="dead", limit=1000)
+    channels = []
+    for name, runtime in sorted(app[DISPATCHER].channels.items()):
+        definition = runtime.definition
+        try:
+            log_only = "log_only: true" if definition.options.log_only else None
+            log_only = log_only or (None if runtime.broken else runtime.instance.log_only_reason())
+        except Exception as exc:  # a plugin's own code
+            log_only = f"log_only_reason() raised {type(exc).__name__}"
+        retrying = [d for d in pending if d.channel == name and d.attempts > 0]
+        dead_here = [d for d in dead if d.channel == name]
+        last = next(iter(retrying), None) or next(iter(dead_here), None)
+        channels.append(
+            {
+                "name": name,
+                "type": definition.type.name,
+                "plugin": definition.type.plugin,
+                "broken": redact(runtime.broken) if runtime.broken else None,
+                "log_only": log_only,
+                "delivered": by_channel.get((name, "delivered"), 0.0),
+                "logged": by_channel.get((name, "logged"), 0.0),
+                "retried": by_channel.get((name, "retried"), 0.0),
+                "dead_attempts": by_channel.get((name, "dead"), 0.0),
+                "retrying": len(retrying),
+                "dead": len(dead_here),
+                "failing": bool(runtime.broken or retrying or dead_here),
+                "last_error": redact(last.last_error) if last and last.last_error else None,
+            }
+        )
+
+    events = await store.recent_events(RECENT_EVENTS)
+    reload = app[RELOAD]
+    flash = []
+    for key, verb in (("replayed", "Replayed"), ("purged", "Purged")):
+        value = request.query.get(key, "")
+        if value.isdigit():
+            flash.append(f"{verb} {int(value)} dead letter(s).")
+    plugins = app[PLUGINS]
+    return {
+        "now": now,
+        "ago": lambda value: _ago(value, now),
+        "redact": redact,
+        "settings": app[SETTINGS],
+        "rules_file": rules.file,
+        "throughput": throughput,
+        "channels": channels,
+        "events": events,
+        "dead_letters": dead[:DEAD_LETTERS],
+        "dead_total": int(queues["dead"]),
+        "rules": rules.rules,
+        "plugins": plugins.infos,
+        "plugin_problems": [redact(str(p)) for p in plugins.problems],
+        "reload": {
+            "ok": reload.ok,
+            "at": reload.at,
+            "trigger": reload.trigger,
+            "errors": [redact(e) for e in reload.errors],
+            "succeeded": reload.succeeded,
+            "failed": reload.failed,
+        },
+        "admin_api": app[SETTINGS].admin_token is not None,
+        "csrf": csrf,
+        "flash": flash,
+    }
