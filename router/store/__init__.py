@@ -1,16 +1,20 @@
 """The durable store: inbox, delivery jobs and dead letters behind one small interface.
 
-``open_store(url)`` picks the implementation: a file path means embedded SQLite.
+``open_store(url)`` picks the implementation: a file path means embedded SQLite, a
+``postgresql://`` (or ``postgres://``) URL the PostgreSQL store shared by replicas.
 """
 
 from router.store.base import (
     Accepted,
+    DeliveryDetail,
     DeliveryJob,
     DeliveryRecord,
     DigestEntry,
     DueDigest,
+    EventRecord,
     InboxEvent,
     NewDelivery,
+    Pruned,
     RoutedEvent,
     Store,
     StoreCounts,
@@ -18,12 +22,15 @@ from router.store.base import (
 
 __all__ = [
     "Accepted",
+    "DeliveryDetail",
     "DeliveryJob",
     "DeliveryRecord",
     "DigestEntry",
     "DueDigest",
+    "EventRecord",
     "InboxEvent",
     "NewDelivery",
+    "Pruned",
     "RoutedEvent",
     "Store",
     "StoreCounts",
@@ -32,7 +39,13 @@ __all__ = [
 
 
 def open_store(url: str, *, synchronous: str = "FULL") -> Store:
-    """Return an (unopened) store for ``url``: ``sqlite:///path``, or a plain file path."""
+    """Return an (unopened) store for ``url``: ``postgresql://user@host/db?schema=NAME``
+    (see ``router.store.postgres``; ``synchronous`` does not apply), or
+    ``sqlite:///path``, or a plain file path."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from router.store.postgres import PostgresStore
+
+        return PostgresStore(url)
     from router.store.sqlite import SqliteStore
 
     path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
