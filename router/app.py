@@ -157,7 +157,13 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(routing.run(), name="router-routing"),
         asyncio.create_task(dispatcher.run(), name="router-dispatcher"),
     ]
+    # Replicas sharing a store wake each other; a private store returns None.
+    unsubscribe = await app[STORE].subscribe(
+        lambda kind: routing.wake() if kind == "events" else dispatcher.wake()
+    )
     yield
+    if unsubscribe is not None:
+        await unsubscribe()
     app[DRAINING].set()
     tasks[0].cancel()
     await dispatcher.drain(settings.shutdown_grace)

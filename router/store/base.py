@@ -1,5 +1,6 @@
 """The store interface and the records that cross it."""
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -245,6 +246,13 @@ class Store(Protocol):
         since: float | None = None,
     ) -> int:
         """Delete dead deliveries, selected as by ``replay``. Returns how many."""
+
+    async def subscribe(
+        self, callback: Callable[[str], None]
+    ) -> Callable[[], Awaitable[None]] | None:
+        """Call ``callback("events")`` / ``callback("deliveries")`` when another process
+        sharing the store adds work, so its workers wake before their next poll.
+        Returns ``unsubscribe``, or None for a store no other process shares."""
 
     async def counts(self) -> StoreCounts:
         """Queue sizes."""

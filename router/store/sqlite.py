@@ -12,7 +12,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from router.store.base import (
@@ -490,6 +490,11 @@ class SqliteStore:
             return conn.execute(f"DELETE FROM deliveries AS d WHERE {where}", args).rowcount
 
         return await self._call(op)
+
+    async def subscribe(
+        self, callback: Callable[[str], None]
+    ) -> Callable[[], Awaitable[None]] | None:
+        return None  # one process owns the file: its workers are woken directly
 
     async def counts(self) -> StoreCounts:
         def op(conn: sqlite3.Connection) -> StoreCounts:
