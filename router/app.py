@@ -150,7 +150,13 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE], app[PLUGINS], policy, lambda: redactor(app), metrics=metrics
     )
     dispatcher.channels = await open_channels(app[LIVE].router.rules.channels)
-    routing = RoutingWorker(app[STORE], lambda: app[LIVE].router, dispatcher.wake, metrics=metrics)
+    routing = RoutingWorker(
+        app[STORE],
+        lambda: app[LIVE].router,
+        dispatcher.wake,
+        metrics=metrics,
+        observe=app[PLUGINS].delivery_finished,
+    )
     app[DISPATCHER] = dispatcher
     app[ROUTING] = routing
     tasks = [

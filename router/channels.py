@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "HOST_KEYS",
     "Channel",
     "ChannelConfig",
     "DeliveryError",
@@ -41,6 +42,11 @@ class RetryableError(DeliveryError):
 
 class PermanentError(DeliveryError):
     """Retrying cannot help (4xx, bad address, rejected payload): dead-letter at once."""
+
+
+#: Keys of a channel in rules.yaml that the router itself reads; a plugin's config
+#: model must not declare them (they would never reach it).
+HOST_KEYS = ("type", "concurrency", "timeout", "max_attempts", "log_only", "rate_limit")
 
 
 class ChannelConfig(BaseModel):

@@ -39,7 +39,7 @@ def register_channels(register: "Callable[[type[Channel]], None]") -> None:
 
 
 @hookspec
-def register_template_filters(register: Callable[[str, Callable[..., Any]], None]) -> None:
+def register_template_filters(register: "Callable[[str, Callable[..., Any]], None]") -> None:
     """Register Jinja2 filters for message templates: call ``register(name, function)``.
 
     Called once when plugins load; filters are available in every template. A name
@@ -64,6 +64,7 @@ def delivery_finished(outcome: "DeliveryOutcome") -> None:
 
     :param outcome: what happened: the delivery's key, channel, rule, attempt number,
         status (``delivered``, ``logged``, ``retry``, ``dead``) and error text if any.
+        Attempt 0 means the message could not even be rendered (a template error).
 
     Example::
 

@@ -21,7 +21,8 @@ from typing import Any
 import pluggy
 
 from router import hookspecs
-from router.channels import Channel, ChannelConfig, DeliveryOutcome
+from router.channels import HOST_KEYS, Channel, ChannelConfig, DeliveryOutcome
+from router.ratelimit import parse_rate
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,17 @@ class Plugins:
     filters: dict[str, Callable[..., Any]] = field(default_factory=dict)
     problems: list[PluginProblem] = field(default_factory=list)
 
+    trace: bool = False
+
     def plugin_name(self, plugin: object) -> str:
         return self.manager.get_name(plugin) or getattr(plugin, "__name__", repr(plugin))
+
+    def call(self, impl: pluggy.HookImpl, hook: str, **kwargs: Any) -> Any:
+        """Call one plugin's hook implementation (each is called on its own, so one
+        plugin's failure is attributed to it and stops no other)."""
+        if self.trace:
+            log.info("plugin hook call", extra={"plugin": impl.plugin_name, "hook": hook})
+        return impl.function(**kwargs)
 
     def delivery_finished(self, outcome: DeliveryOutcome) -> list[str]:
         """Tell every observer about an outcome; a crashing observer is logged, not
@@ -77,7 +87,7 @@ class Plugins:
         failed = []
         for impl in self.manager.hook.delivery_finished.get_hookimpls():
             try:
-                impl.function(outcome=outcome)
+                self.call(impl, "delivery_finished", outcome=outcome)
             except Exception:
                 log.exception("plugin %r failed in delivery_finished", impl.plugin_name)
                 failed.append(impl.plugin_name)
@@ -108,10 +118,7 @@ def load_plugins(
     """
     manager = pluggy.PluginManager("router")
     manager.add_hookspecs(hookspecs)
-    if os.environ.get("ROUTER_TRACE_PLUGINS"):
-        manager.trace.root.setwriter(lambda text: log.debug("pluggy: %s", text.rstrip()))
-        manager.enable_tracing()
-    plugins = Plugins(manager=manager)
+    plugins = Plugins(manager=manager, trace=bool(os.environ.get("ROUTER_TRACE_PLUGINS")))
     blocked = set(blocked)
 
     def add(plugin: object, name: str, source: str, version: str | None) -> None:
@@ -179,7 +186,7 @@ def _collect_channels(plugins: Plugins) -> None:
             plugins.channel_types[cls.type] = ChannelType(cls.type, cls, plugin)
 
         try:
-            impl.function(register=register)
+            plugins.call(impl, "register_channels", register=register)
         except Exception as exc:
             plugins.problems.append(PluginProblem(plugin, f"register_channels raised {exc!r}"))
 
@@ -196,6 +203,17 @@ def _channel_problem(cls: object, known: dict[str, ChannelType]) -> str | None:
         return f"{cls.__name__}.Config must subclass router.channels.ChannelConfig"
     if not inspect.iscoroutinefunction(cls.send) or cls.send is Channel.send:
         return f"{cls.__name__}.send must be an async method"
+    shadowed = sorted(set(cls.Config.model_fields) & set(HOST_KEYS))
+    if shadowed:
+        return (
+            f"{cls.__name__}.Config declares {', '.join(shadowed)}, which the router reads"
+            " itself (use self.timeout for the time limit)"
+        )
+    if cls.default_rate_limit is not None:
+        try:
+            parse_rate(cls.default_rate_limit)
+        except ValueError as exc:
+            return f"{cls.__name__}.default_rate_limit {cls.default_rate_limit!r}: {exc}"
     return None
 
 
@@ -212,7 +230,7 @@ def _collect_filters(plugins: Plugins) -> None:
                 plugins.filters[name] = function
 
         try:
-            impl.function(register=register)
+            plugins.call(impl, "register_template_filters", register=register)
         except Exception as exc:
             plugins.problems.append(
                 PluginProblem(plugin, f"register_template_filters raised {exc!r}")

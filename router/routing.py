@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from router.channels import DeliveryOutcome
 from router.matching import MISSING, MatchContext, lookup
 from router.metrics import Metrics
 from router.rules import Rule, RuleSet
@@ -211,12 +212,14 @@ class RoutingWorker:
         *,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        observe: Callable[[DeliveryOutcome], list[str]] | None = None,
     ) -> None:
         self.store = store
         self.router = router
         self.on_routed = on_routed
         self.clock = clock
         self.metrics = metrics or Metrics()
+        self.observe = observe
         self.suppressed = 0
         self._wake = asyncio.Event()
 
@@ -309,6 +312,20 @@ class RoutingWorker:
                     "retry_in": None,
                 },
             )
+            if self.observe is not None:
+                channel = self.router().rules.channels.get(job.channel)
+                outcome = DeliveryOutcome(
+                    key=job.key,
+                    event_id=event_id,
+                    rule=job.rule,
+                    channel=job.channel,
+                    channel_type=channel.type.name if channel else "",
+                    attempt=0,
+                    status="dead",
+                    error=job.error,
+                )
+                for plugin in self.observe(outcome):
+                    self.metrics.plugin_errors.labels(plugin, "delivery_finished").inc()
 
     async def flush_digests(self) -> int:
         """Send the digest groups that are due; return how many were sent."""

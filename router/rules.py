@@ -27,7 +27,7 @@ from pydantic import (
     create_model,
 )
 
-from router.channels import ChannelConfig
+from router.channels import HOST_KEYS, ChannelConfig
 from router.config_source import (
     ConfigError,
     ConfigErrors,
@@ -54,7 +54,7 @@ __all__ = [
     "parse_duration",
 ]
 
-HOST_CHANNEL_KEYS = ("type", "concurrency", "timeout", "max_attempts", "log_only", "rate_limit")
+HOST_CHANNEL_KEYS = HOST_KEYS
 
 
 def _rate_or_none(value: Any) -> float | None:

@@ -1,5 +1,7 @@
 """Plugin discovery and isolation: entry points, --plugins-dir, broken plugins, hooks."""
 
+import asyncio
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ import pytest
 from router import Channel, hookimpl
 from router.channels import ChannelConfig, DeliveryOutcome
 from router.plugins import load_plugins
+from router.templates import Templates
 from tests.conftest import ServiceFactory, example, webhook_rules
 from tests.receiver import WebhookReceiver
 
@@ -141,8 +144,6 @@ def test_hook_register_template_filters(tmp_path: Path) -> None:
     plugins = load_plugins(extra=[Filters(), Clash()], entry_points=False)
     assert plugins.filters["shout"]("hi") == "HI!"
     assert [p.message for p in plugins.problems] == ["filter 'shout' already exists"]
-    from router.templates import Templates
-
     with pytest.raises(ValueError, match="'local_id' already exists"):
         Templates(tmp_path, plugins.filters)
 
@@ -166,14 +167,10 @@ async def test_hook_delivery_finished_and_register_channels_end_to_end(
     client = await service(webhook_rules(receiver.url), plugins_dir=directory)
     await client.post("/events", json=example("course_created"))
     await receiver.wait_for(1)
-    import sys
-
     outcomes: list[DeliveryOutcome] = sys.modules["router_plugin_observer"].OUTCOMES
     for _ in range(100):
         if outcomes:
             break
-        import asyncio
-
         await asyncio.sleep(0.02)
     [outcome] = outcomes
     assert (outcome.status, outcome.channel, outcome.channel_type, outcome.attempt) == (
@@ -228,3 +225,78 @@ def test_channel_config_model_is_validated_when_rules_load(tmp_path: Path) -> No
         f" 'webhook'?); known types: {known}",
         f"{rules}:6:48: rules[0].notify[2]: unknown channel 'opz' (did you mean 'ops'?)",
     ]
+
+
+def test_registration_refuses_shadowed_host_keys_and_bad_default_rates(tmp_path: Path) -> None:
+    write_plugin(
+        tmp_path,
+        "shadow",
+        """
+        from router import Channel, hookimpl
+        from router.channels import ChannelConfig
+        class ShadowConfig(ChannelConfig):
+            timeout: float = 3
+        class Shadow(Channel):
+            type = "shadow"
+            Config = ShadowConfig
+            async def send(self, message):
+                pass
+        class Fast(Channel):
+            type = "fast"
+            default_rate_limit = "ten per second"
+            async def send(self, message):
+                pass
+        @hookimpl
+        def register_channels(register):
+            register(Shadow)
+            register(Fast)
+        """,
+    )
+    plugins = load_plugins(plugins_dir=tmp_path)
+    assert [p.message for p in plugins.problems] == [
+        "Shadow.Config declares timeout, which the router reads itself"
+        " (use self.timeout for the time limit)",
+        "Fast.default_rate_limit 'ten per second': expects a rate such as 1/s, 20/min or 100/h",
+    ]
+    assert "shadow" not in plugins.channel_types and "fast" not in plugins.channel_types
+
+
+def test_trace_logs_every_hook_call(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("ROUTER_TRACE_PLUGINS", "1")
+    caplog.set_level("INFO", logger="router.plugins")
+    load_plugins()
+    calls = {(r.plugin, r.hook) for r in caplog.records if r.getMessage() == "plugin hook call"}  # type: ignore[attr-defined]
+    assert ("webhook", "register_channels") in calls
+    assert ("slack", "register_channels") in calls
+
+
+async def test_observers_hear_of_deliveries_that_die_at_render_time(
+    service: ServiceFactory, tmp_path: Path
+) -> None:
+    directory = tmp_path / "plugins"
+    write_plugin(
+        directory,
+        "watcher",
+        """
+        from router import hookimpl
+        OUTCOMES = []
+        @hookimpl
+        def delivery_finished(outcome):
+            OUTCOMES.append(outcome)
+        """,
+    )
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "default.j2").write_text("{{ body.missing.field }}\n")
+    client = await service(webhook_rules("", secret=None), plugins_dir=directory)
+    await client.post("/events", json=example("course_created"))
+    outcomes: list[DeliveryOutcome] = sys.modules["router_plugin_watcher"].OUTCOMES
+    for _ in range(100):
+        if outcomes:
+            break
+        await asyncio.sleep(0.02)
+    [outcome] = outcomes
+    assert (outcome.status, outcome.attempt, outcome.channel_type) == ("dead", 0, "webhook")
+    assert outcome.error is not None and outcome.error.startswith("template default.j2 line 1")

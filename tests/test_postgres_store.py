@@ -14,6 +14,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+from typing import NoReturn
+
 import asyncpg
 import pytest
 
@@ -26,7 +28,7 @@ PG_DSN = os.environ.get("ROUTER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1
 _unreachable: list[str] = []  # the reason, once a connection attempt failed
 
 
-def _no_server(reason: str) -> None:
+def _no_server(reason: str) -> NoReturn:
     # CI must test PostgreSQL for real: there a missing server is a failure, not a skip.
     if os.environ.get("CI"):
         pytest.fail(reason)
