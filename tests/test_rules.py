@@ -293,6 +293,10 @@ def test_secret_config_values_are_known_to_the_redactor(tmp_path: Path) -> None:
         "{{ body.__class__.__init__.__globals__ }}",
         "{{ cycler.__init__.__globals__.os }}",
         "{% for c in [].__class__.__base__.__subclasses__() %}{{ c }}{% endfor %}",
+        "{{ body.clear() }}",  # templates cannot change the event others render
+        "{{ body.update({'course': 1}) }}",
+        "{{ body.get.__self__ }}",
+        "{{ body.get('course').pop('name') }}",
     ],
 )
 def test_templates_refuse_sandbox_escapes(tmp_path: Path, source: str) -> None:
