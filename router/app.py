@@ -17,6 +17,7 @@ from router.appkeys import (
     LIVE,
     METRICS,
     PLUGINS,
+    PRESSURE,
     RELOAD,
     ROUTING,
     SETTINGS,
@@ -28,6 +29,7 @@ from router.dispatch import Dispatcher, RetryPolicy, close_channels, open_channe
 from router.ingest import post_events, problem
 from router.logs import update_redactor
 from router.metrics import Metrics, metrics_handler
+from router.pacing import IngestPressure
 from router.plugins import Plugins, load_plugins
 from router.redact import Redactor
 from router.reload import ReloadStatus, post_reload, reload_ctx
@@ -60,6 +62,7 @@ def create_app(settings: Settings, *, plugins: Plugins | None = None) -> web.App
     )
     app[LIVE] = Live(build_router(settings, app[PLUGINS]))
     app[DRAINING] = asyncio.Event()
+    app[PRESSURE] = IngestPressure(settings.background_share)
     app[RELOAD] = ReloadStatus()
     app[METRICS] = Metrics()
     app[METRICS].reload_status = app[RELOAD]
@@ -147,7 +150,12 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     metrics = app[METRICS]
     dispatcher = Dispatcher(
-        app[STORE], app[PLUGINS], policy, lambda: redactor(app), metrics=metrics
+        app[STORE],
+        app[PLUGINS],
+        policy,
+        lambda: redactor(app),
+        metrics=metrics,
+        pressure=app[PRESSURE],
     )
     dispatcher.channels = await open_channels(app[LIVE].router.rules.channels)
     routing = RoutingWorker(
@@ -156,6 +164,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         dispatcher.wake,
         metrics=metrics,
         observe=app[PLUGINS].delivery_finished,
+        pressure=app[PRESSURE],
     )
     app[DISPATCHER] = dispatcher
     app[ROUTING] = routing

@@ -10,6 +10,7 @@ from aiohttp import web
 from router.canvas_jwt import JwksVerifier
 from router.dispatch import Dispatcher
 from router.metrics import Metrics
+from router.pacing import IngestPressure
 from router.plugins import Plugins
 from router.routing import Router, RoutingWorker
 from router.settings import Settings
@@ -37,5 +38,6 @@ JWKS = web.AppKey("jwks", JwksVerifier | None)
 ROUTING = web.AppKey("routing", RoutingWorker)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 DRAINING = web.AppKey("draining", asyncio.Event)
+PRESSURE = web.AppKey("pressure", IngestPressure)
 METRICS = web.AppKey("metrics", Metrics)
 RELOAD: "web.AppKey[ReloadStatus]" = web.AppKey("reload")

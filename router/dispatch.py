@@ -13,6 +13,7 @@ import orjson
 
 from router.channels import Channel, DeliveryOutcome, Message, PermanentError, RetryableError
 from router.metrics import Metrics
+from router.pacing import IngestPressure
 from router.plugins import Plugins
 from router.ratelimit import RateLimiter, parse_rate
 from router.redact import Redactor
@@ -25,6 +26,8 @@ POLL_SECONDS = 1.0
 # Claim up to this many times a channel's concurrency at once: fewer, larger claims
 # keep the store's commit latency off the delivery path.
 PREFETCH = 4
+# While ingest is crowded, claim rounds are this far apart (see router/pacing.py).
+CROWDED_PAUSE = 0.02
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        pressure: IngestPressure | None = None,
     ) -> None:
         self.store = store
         self.plugins = plugins
@@ -129,6 +133,7 @@ class Dispatcher:
         self.clock = clock
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
+        self.pressure = pressure or IngestPressure(share=1.0)
         self.channels: dict[str, ChannelRuntime] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -140,6 +145,8 @@ class Dispatcher:
     async def run(self) -> None:
         """Claim and attempt due deliveries until ``drain`` is called."""
         while not self._stopping:
+            if self.pressure.crowded:
+                await asyncio.sleep(CROWDED_PAUSE)  # a burst: let ingest have the CPU
             self._wake.clear()
             timeout = POLL_SECONDS
             try:

@@ -7,6 +7,7 @@ has no ``metadata.event_name`` is rejected.
 
 import hashlib
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -84,10 +85,10 @@ class Event(BaseModel):
         return self.metadata.event_name
 
 
-class ParsedEvent(BaseModel):
-    """An accepted event, ready to store: its identity, name and canonical JSON."""
-
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True, slots=True)
+class ParsedEvent:
+    """An accepted event, ready to store: its identity, name and canonical JSON.
+    (Built once per event on the hot path, after validation: a plain dataclass.)"""
 
     id: str
     name: str

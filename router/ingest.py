@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from router.appkeys import DRAINING, JWKS, METRICS, ROUTING, SETTINGS, STORE
+from router.appkeys import DRAINING, JWKS, METRICS, PRESSURE, ROUTING, SETTINGS, STORE
 from router.canvas_jwt import JwtError
 from router.events import (
     BadRequest,
@@ -109,6 +109,15 @@ def parse_body_or_error(
 
 async def post_events(request: web.Request) -> web.Response:
     """Accept events; 202 only once they are durable."""
+    pressure = request.app[PRESSURE]
+    pressure.in_flight += 1
+    try:
+        return await _accept(request)
+    finally:
+        pressure.in_flight -= 1
+
+
+async def _accept(request: web.Request) -> web.Response:
     app = request.app
     metrics = app[METRICS]
     metrics.requests.inc()
@@ -138,13 +147,13 @@ async def post_events(request: web.Request) -> web.Response:
         now=time.time(),
     )
     app[ROUTING].wake()
-    duplicates = 0
-    for event, answer in zip(events, accepted, strict=True):
-        duplicates += answer.duplicate
-        log.info(
-            "event duplicate" if answer.duplicate else "event accepted",
-            extra={"event_id": answer.id, "event_name": event.name},
-        )
+    duplicates = sum(answer.duplicate for answer in accepted)
+    if log.isEnabledFor(logging.INFO):
+        for event, answer in zip(events, accepted, strict=True):
+            log.info(
+                "event duplicate" if answer.duplicate else "event accepted",
+                extra={"event_id": answer.id, "event_name": event.name},
+            )
     metrics.accepted.inc(len(accepted) - duplicates)
     if duplicates:
         metrics.duplicates.inc(duplicates)

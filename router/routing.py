@@ -18,6 +18,7 @@ import orjson
 from router.channels import DeliveryOutcome
 from router.matching import MISSING, MatchContext, lookup
 from router.metrics import Metrics
+from router.pacing import IngestPressure
 from router.rules import Rule, RuleSet
 from router.snapshots import entity_key, merge_snapshot, previous_event
 from router.store import DigestEntry, DueDigest, InboxEvent, NewDelivery, RoutedEvent, Store
@@ -25,7 +26,7 @@ from router.templates import RenderError, Templates, template_context
 
 log = logging.getLogger(__name__)
 
-BATCH = 256
+BATCH = 64  # small enough not to hold up ingest requests for long
 LEASE_SECONDS = 60.0
 
 
@@ -213,6 +214,7 @@ class RoutingWorker:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         observe: Callable[[DeliveryOutcome], list[str]] | None = None,
+        pressure: IngestPressure | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -220,6 +222,7 @@ class RoutingWorker:
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.observe = observe
+        self.pressure = pressure or IngestPressure(share=1.0)
         self.suppressed = 0
         self._wake = asyncio.Event()
 
@@ -251,6 +254,7 @@ class RoutingWorker:
         events = await self.store.claim_events(BATCH, lease=LEASE_SECONDS, now=self.clock())
         if not events:
             return 0
+        started = time.perf_counter()
         router = self.router()
         payloads = {e.seq: orjson.loads(e.payload) for e in events}
         keys = {seq: entity_key(payload) for seq, payload in payloads.items()}
@@ -279,6 +283,7 @@ class RoutingWorker:
                     "rules": [r.name for r in decision.fired],
                 },
             )
+        worked = time.perf_counter() - started
         suppressed = await self.store.record_routing(routed, now=self.clock())
         self.suppressed += len(suppressed)
         for rule in suppressed:
@@ -287,6 +292,7 @@ class RoutingWorker:
         throttled = set(suppressed)
         for item in routed:
             self._born_dead(item.event.id, item.deliveries, throttled)
+        await self.pressure.give_way(worked)
         return len(events)
 
     def _born_dead(

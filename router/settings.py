@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     max_age: float = Field(86400.0, gt=0, description="seconds before a delivery is given up")
     backoff_base: float = Field(1.0, gt=0, description="first retry delay in seconds")
     backoff_cap: float = Field(600.0, gt=0, description="longest retry delay in seconds")
+    background_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="share of the CPU routing and delivery get while ingest is saturated"
+        " (1: no pacing)",
+    )
     shutdown_grace: float = Field(10.0, ge=0, description="seconds to finish deliveries on stop")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="SQLite fsync policy (FULL survives power loss)"
