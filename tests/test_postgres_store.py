@@ -13,7 +13,6 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-
 from typing import NoReturn
 
 import asyncpg
