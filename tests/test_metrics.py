@@ -46,10 +46,17 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 async def until_metric(
     client: TestClient, name: str, expected: float, timeout: float = 10.0, **labels: str
 ) -> Samples:
+    """Scrape until ``name`` has the expected value and the queues are empty: queue
+    gauges are read from the store while counters move as work finishes, so only a
+    settled scrape gives exact differences."""
     deadline = time.monotonic() + timeout
     while True:
         samples = await scrape(client)
-        if value(samples, name, **labels) == expected:
+        settled = (
+            value(samples, "router_deliveries_pending") == 0
+            and value(samples, "router_events_pending") == 0
+        )
+        if value(samples, name, **labels) == expected and settled:
             return samples
         if time.monotonic() > deadline:
             raise AssertionError(
