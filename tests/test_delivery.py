@@ -1,7 +1,6 @@
 """From accepted event to receiver: signatures, retries, dead letters, isolation."""
 
 import asyncio
-import sqlite3
 import textwrap
 import time
 from pathlib import Path
@@ -11,18 +10,16 @@ import pytest
 from aiohttp import web
 
 from router.appkeys import STORE
-from tests.conftest import ServiceFactory, all_examples, example, webhook_rules
+from tests.conftest import ServiceFactory, StoreDB, all_examples, example, webhook_rules
 from tests.receiver import WebhookReceiver
 
 
-def deliveries(tmp_path: Path) -> list[dict[str, Any]]:
-    with sqlite3.connect(tmp_path / "router.db") as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(row) for row in conn.execute("SELECT * FROM deliveries ORDER BY id")]
+def deliveries(store_db: StoreDB) -> list[dict[str, Any]]:
+    return store_db.dicts("SELECT * FROM deliveries ORDER BY id")
 
 
-def first_state(tmp_path: Path) -> str | None:
-    rows = deliveries(tmp_path)
+def first_state(store_db: StoreDB) -> str | None:
+    rows = deliveries(store_db)
     return rows[0]["state"] if rows else None
 
 
@@ -35,7 +32,7 @@ async def until(predicate: Any, timeout: float = 10.0) -> None:
 
 
 async def test_every_example_event_is_delivered_signed(
-    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
 ) -> None:
     client = await service(webhook_rules(receiver.url))
     examples = all_examples()
@@ -55,19 +52,19 @@ async def test_every_example_event_is_delivered_signed(
     # America/New_York local time of 2019-11-05T13:38:00Z, from metadata.time_zone.
     assert "2019-11-05 08:38 EST" in completed["text"]
     assert "21070000000000565" not in by_name["syllabus_updated"].body["title"]
-    await until(lambda: all(d["state"] == "delivered" for d in deliveries(tmp_path)))
+    await until(lambda: all(d["state"] == "delivered" for d in deliveries(store_db)))
 
 
 async def test_retry_then_success_with_same_idempotency_key(
-    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
 ) -> None:
     receiver.script.extend([(503, {}), (500, {}), (408, {})])
     client = await service(webhook_rules(receiver.url))
     await client.post("/events", json=example("course_created"))
     [got] = await receiver.wait_for(1)
     assert receiver.requests == 4
-    await until(lambda: first_state(tmp_path) == "delivered")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "delivered")
+    [row] = deliveries(store_db)
     assert row["attempts"] == 4 and row["key"] == got.webhook_id
 
 
@@ -82,13 +79,13 @@ async def test_retry_after_is_honoured(service: ServiceFactory, receiver: Webhoo
 
 
 async def test_permanent_error_goes_to_dead_letters_then_replays(
-    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
 ) -> None:
     receiver.script.append((422, {}))
     client = await service(webhook_rules(receiver.url))
     await client.post("/events", json=example("course_created"))
-    await until(lambda: first_state(tmp_path) == "dead")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
     assert row["attempts"] == 1
     assert row["last_error"] == "HTTP 422 Unprocessable Entity: scripted 422"
     assert receiver.requests == 1
@@ -98,45 +95,45 @@ async def test_permanent_error_goes_to_dead_letters_then_replays(
     assert await store.replay(None, now=time.time()) == 1
     [got] = await receiver.wait_for(1)
     assert got.webhook_id == row["key"]
-    await until(lambda: first_state(tmp_path) == "delivered")
+    await until(lambda: first_state(store_db) == "delivered")
 
 
 async def test_attempts_exhausted_goes_to_dead_letters(
-    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
 ) -> None:
     receiver.script.extend([(500, {})] * 10)
     client = await service(webhook_rules(receiver.url), max_attempts=3)
     await client.post("/events", json=example("course_created"))
-    await until(lambda: first_state(tmp_path) == "dead")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
     assert row["attempts"] == 3
     assert row["last_error"].startswith("gave up after 3 attempt(s): HTTP 500")
     assert receiver.requests == 3
 
 
-async def test_connection_refused_is_retried(service: ServiceFactory, tmp_path: Path) -> None:
+async def test_connection_refused_is_retried(service: ServiceFactory, store_db: StoreDB) -> None:
     client = await service(webhook_rules("http://127.0.0.1:9/hook"), max_attempts=2)
     await client.post("/events", json=example("course_created"))
-    await until(lambda: first_state(tmp_path) == "dead")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
     assert row["attempts"] == 2
     assert "ClientConnectorError" in row["last_error"]
 
 
 async def test_log_only_channel_records_what_it_would_send(
-    service: ServiceFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    service: ServiceFactory, store_db: StoreDB, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = await service(webhook_rules("", secret=None))
     caplog.set_level("INFO")
     await client.post("/events", json=example("course_completed"))
-    await until(lambda: first_state(tmp_path) == "logged")
+    await until(lambda: first_state(store_db) == "logged")
     [record] = [r for r in caplog.records if r.getMessage() == "log-only channel: would send"]
     assert record.title == "Isaac Newton completed Computer Science I"  # type: ignore[attr-defined]
     assert record.reason == "no url configured"  # type: ignore[attr-defined]
 
 
 async def test_template_failure_is_a_dead_letter_naming_template_and_line(
-    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path, store_db: StoreDB
 ) -> None:
     templates = tmp_path / "templates"
     templates.mkdir()
@@ -146,8 +143,8 @@ async def test_template_failure_is_a_dead_letter_naming_template_and_line(
     await client.post("/events", json=[example("course_created"), example("course_updated")])
     [got] = await receiver.wait_for(1)
     assert got.body["event_name"] == "course_updated"
-    await until(lambda: any(d["state"] == "dead" for d in deliveries(tmp_path)))
-    [dead] = [d for d in deliveries(tmp_path) if d["state"] == "dead"]
+    await until(lambda: any(d["state"] == "dead" for d in deliveries(store_db)))
+    [dead] = [d for d in deliveries(store_db) if d["state"] == "dead"]
     assert dead["last_error"].startswith("template course_created.j2 line 2: UndefinedError")
 
 
@@ -181,7 +178,12 @@ def register_channels(register):
     ("mode", "error"), [("raise", "raised RuntimeError: kaboom"), ("hang", "timed out after 0.3s")]
 )
 async def test_a_crashing_plugin_never_stops_other_channels(
-    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path, mode: str, error: str
+    service: ServiceFactory,
+    receiver: WebhookReceiver,
+    tmp_path: Path,
+    store_db: StoreDB,
+    mode: str,
+    error: str,
 ) -> None:
     plugins = tmp_path / "plugins"
     plugins.mkdir()
@@ -198,8 +200,8 @@ async def test_a_crashing_plugin_never_stops_other_channels(
     for name in ("course_created", "course_updated", "course_completed"):
         await client.post("/events", json=example(name))
     await receiver.wait_for(3)
-    await until(lambda: sum(d["state"] == "dead" for d in deliveries(tmp_path)) == 3)
-    dead = [d for d in deliveries(tmp_path) if d["state"] == "dead"]
+    await until(lambda: sum(d["state"] == "dead" for d in deliveries(store_db)) == 3)
+    dead = [d for d in deliveries(store_db) if d["state"] == "dead"]
     assert {d["channel"] for d in dead} == {"boom"}
     assert all(error in d["last_error"] for d in dead)
     if mode == "raise":
@@ -207,19 +209,19 @@ async def test_a_crashing_plugin_never_stops_other_channels(
 
 
 async def test_drain_lets_in_flight_deliveries_finish(
-    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
 ) -> None:
     receiver.delay = 0.5
     client = await service(webhook_rules(receiver.url))
     await client.post("/events", json=example("course_created"))
     await until(lambda: receiver.requests == 1)
     await client.close()  # runs on_shutdown and cleanup: drain with a 2 s grace
-    assert [d["state"] for d in deliveries(tmp_path)] == ["delivered"]
+    assert [d["state"] for d in deliveries(store_db)] == ["delivered"]
 
 
 async def test_secret_values_never_reach_dead_letters(
     service: ServiceFactory,
-    tmp_path: Path,
+    store_db: StoreDB,
     monkeypatch: pytest.MonkeyPatch,
     aiohttp_server: Any,
 ) -> None:
@@ -244,8 +246,8 @@ async def test_secret_values_never_reach_dead_letters(
     )
     client = await service(rules)
     await client.post("/events", json=example("course_section_created"))
-    await until(lambda: first_state(tmp_path) == "dead")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
     assert row["last_error"] == "HTTP 400 Bad Request: no such path /x?token=***&k=***"
 
 
@@ -262,13 +264,13 @@ async def test_channel_concurrency_limit_is_respected(
 
 
 async def test_max_age_gives_up_before_max_attempts(
-    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
 ) -> None:
     receiver.script.extend([(503, {"Retry-After": "5"})] * 5)
     client = await service(webhook_rules(receiver.url), max_age=2)
     await client.post("/events", json=example("course_created"))
-    await until(lambda: first_state(tmp_path) == "dead")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
     # Waiting 5 s as asked would pass the 2 s age limit: give up now, not later.
     assert row["attempts"] == 1
     assert (

@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 from router_email import EmailConfig
 
-from tests.conftest import ServiceFactory, example
+from tests.conftest import ServiceFactory, StoreDB, example
 from tests.test_delivery import deliveries, first_state, until
 
 # aiosmtpd warns when AUTH is allowed without TLS: on 127.0.0.1 that is what we test.
@@ -190,7 +190,7 @@ def with_email(name: str, address: str) -> dict[str, Any]:
 
 
 async def test_mail_headers_envelope_and_parts(
-    service: ServiceFactory, smtp: SmtpFactory, tmp_path: Path
+    service: ServiceFactory, smtp: SmtpFactory, tmp_path: Path, store_db: StoreDB
 ) -> None:
     mailbox, controller = smtp()
     (tmp_path / "templates" / "course_completed.email.j2").write_text(HTML_TEMPLATE)
@@ -204,8 +204,8 @@ async def test_mail_headers_envelope_and_parts(
     await until(lambda: len(mailbox.received) == 1)
     [got] = mailbox.received
     mail = got.message
-    await until(lambda: first_state(tmp_path) == "delivered")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "delivered")
+    [row] = deliveries(store_db)
 
     assert got.mail_from == "router@example.edu"
     # Bcc reaches the envelope only; the templated bcc repeats `to`, sent once.
@@ -256,7 +256,7 @@ async def test_auth_and_templated_subject(
 
 
 async def test_wrong_password_is_a_dead_letter_with_535(
-    service: ServiceFactory, smtp: SmtpFactory, tmp_path: Path
+    service: ServiceFactory, smtp: SmtpFactory, store_db: StoreDB
 ) -> None:
     mailbox, controller = smtp(
         authenticator=authenticator, auth_required=True, auth_require_tls=False
@@ -267,8 +267,8 @@ async def test_wrong_password_is_a_dead_letter_with_535(
         """
     client = await service(email_rules(controller.port, extra))
     await client.post("/events", json=example("course_completed"))
-    await until(lambda: first_state(tmp_path) == "dead")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
     assert row["attempts"] == 1
     assert row["last_error"].startswith("SMTPAuthenticationError: SMTP 535")
     assert "wrong-Pa55word" not in row["last_error"]
@@ -301,7 +301,7 @@ async def test_tls(
 async def test_untrusted_certificate_is_retried(
     service: ServiceFactory,
     smtp: SmtpFactory,
-    tmp_path: Path,
+    store_db: StoreDB,
     certificate: tuple[Path, ssl.SSLContext],
 ) -> None:
     mailbox, controller = smtp(tls_context=certificate[1], require_starttls=True)
@@ -311,37 +311,37 @@ async def test_untrusted_certificate_is_retried(
         """
     client = await service(email_rules(controller.port, extra))
     await client.post("/events", json=example("course_completed"))
-    await until(lambda: first_state(tmp_path) == "dead")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
     assert row["attempts"] == 2
     assert "certificate verify failed" in row["last_error"]
     assert mailbox.received == []
 
 
 async def test_server_down_then_up_is_retried_until_delivered(
-    service: ServiceFactory, smtp: SmtpFactory, tmp_path: Path
+    service: ServiceFactory, smtp: SmtpFactory, store_db: StoreDB
 ) -> None:
     port = free_port()
     mailbox, controller = smtp(port=port, start=False)
     client = await service(email_rules(port, "max_attempts: 100"))
     await client.post("/events", json=example("course_completed"))
-    await until(lambda: (deliveries(tmp_path) or [{"attempts": 0}])[0]["attempts"] >= 2)
-    assert deliveries(tmp_path)[0]["last_error"].startswith("SMTPConnectError: ")
+    await until(lambda: (deliveries(store_db) or [{"attempts": 0}])[0]["attempts"] >= 2)
+    assert deliveries(store_db)[0]["last_error"].startswith("SMTPConnectError: ")
     await asyncio.to_thread(controller.start)
-    await until(lambda: first_state(tmp_path) == "delivered")
+    await until(lambda: first_state(store_db) == "delivered")
     assert len(mailbox.received) == 1
     assert mailbox.received[0].rcpt_tos == ["inewton@example.com"]
 
 
 async def test_550_on_rcpt_is_a_dead_letter_naming_the_address(
-    service: ServiceFactory, smtp: SmtpFactory, tmp_path: Path
+    service: ServiceFactory, smtp: SmtpFactory, store_db: StoreDB
 ) -> None:
     mailbox, controller = smtp()
     mailbox.refuse_rcpt["inewton@example.com"] = "550 5.1.1 no such user"
     client = await service(email_rules(controller.port))
     await client.post("/events", json=example("course_completed"))
-    await until(lambda: first_state(tmp_path) == "dead")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
     assert row["attempts"] == 1
     assert row["last_error"] == (
         "SMTPRecipientsRefused: inewton@example.com: SMTP 550 5.1.1 no such user"
@@ -350,27 +350,27 @@ async def test_550_on_rcpt_is_a_dead_letter_naming_the_address(
 
 
 async def test_some_recipients_refused_is_delivered_to_the_others(
-    service: ServiceFactory, smtp: SmtpFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    service: ServiceFactory, smtp: SmtpFactory, store_db: StoreDB, caplog: pytest.LogCaptureFixture
 ) -> None:
     mailbox, controller = smtp()
     mailbox.refuse_rcpt["inewton@example.com"] = "550 5.1.1 no such user"
     client = await service(email_rules(controller.port, "cc: registrar@example.edu"))
     await client.post("/events", json=example("course_completed"))
-    await until(lambda: first_state(tmp_path) == "delivered")
+    await until(lambda: first_state(store_db) == "delivered")
     assert [got.rcpt_tos for got in mailbox.received] == [["registrar@example.edu"]]
     [record] = [r for r in caplog.records if r.getMessage() == "some recipients refused"]
     assert record.error == "inewton@example.com: SMTP 550 5.1.1 no such user"  # type: ignore[attr-defined]
 
 
 async def test_451_on_data_is_retried(
-    service: ServiceFactory, smtp: SmtpFactory, tmp_path: Path
+    service: ServiceFactory, smtp: SmtpFactory, store_db: StoreDB
 ) -> None:
     mailbox, controller = smtp()
     mailbox.data_script.extend(["451 4.3.0 try later", "451 4.3.0 try later"])
     client = await service(email_rules(controller.port))
     await client.post("/events", json=example("course_completed"))
-    await until(lambda: first_state(tmp_path) == "delivered")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "delivered")
+    [row] = deliveries(store_db)
     assert row["attempts"] == 3 and mailbox.datas == 3
     assert len(mailbox.received) == 1
 
@@ -379,36 +379,36 @@ async def test_451_on_data_is_retried(
     "address", ["not an address\r\nBcc: x@evil.example", "a@example.com, x@evil.example", "nobody"]
 )
 async def test_bad_recipient_from_the_event_is_a_dead_letter(
-    service: ServiceFactory, smtp: SmtpFactory, tmp_path: Path, address: str
+    service: ServiceFactory, smtp: SmtpFactory, store_db: StoreDB, address: str
 ) -> None:
     mailbox, controller = smtp()
     client = await service(email_rules(controller.port))
     await client.post("/events", json=with_email("course_completed", address))
-    await until(lambda: first_state(tmp_path) == "dead")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
     assert row["attempts"] == 1
     assert row["last_error"] == f"invalid to address {address!r}"
     assert mailbox.rcpts == 0 and mailbox.received == []
 
 
 async def test_missing_event_field_is_a_dead_letter_naming_the_field(
-    service: ServiceFactory, smtp: SmtpFactory, tmp_path: Path
+    service: ServiceFactory, smtp: SmtpFactory, store_db: StoreDB
 ) -> None:
     _, controller = smtp()
     client = await service(email_rules(controller.port, to='"{{ body.user.mail }}"'))
     await client.post("/events", json=example("course_completed"))
-    await until(lambda: first_state(tmp_path) == "dead")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
     assert row["last_error"].startswith("cannot render to: UndefinedError:")
 
 
 async def test_empty_host_is_log_only(
-    service: ServiceFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    service: ServiceFactory, store_db: StoreDB, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = await service(email_rules(25).replace('host: "127.0.0.1"', 'host: ""'))
     caplog.set_level("INFO")
     await client.post("/events", json=example("course_completed"))
-    await until(lambda: first_state(tmp_path) == "logged")
+    await until(lambda: first_state(store_db) == "logged")
     [record] = [r for r in caplog.records if r.getMessage() == "log-only channel: would send"]
     assert record.reason == "no SMTP host configured"  # type: ignore[attr-defined]
 

@@ -2,8 +2,6 @@
 
 import copy
 import json
-import sqlite3
-from pathlib import Path
 
 import jwt
 import orjson
@@ -12,18 +10,19 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from tests.conftest import ServiceFactory, all_examples, example, webhook_rules
+from tests.conftest import ServiceFactory, StoreDB, all_examples, example, webhook_rules
 from tests.receiver import WebhookReceiver
 
 LOG_ONLY = webhook_rules("", secret=None)
 
 
-def stored_events(tmp_path: Path) -> list[tuple[str, str, str]]:
-    with sqlite3.connect(tmp_path / "router.db") as conn:
-        return conn.execute("SELECT id, name, state FROM events ORDER BY seq").fetchall()
+def stored_events(store_db: StoreDB) -> list[tuple[str, str, str]]:
+    return store_db.rows("SELECT id, name, state FROM events ORDER BY seq")
 
 
-async def test_single_event_is_stored_before_202(service: ServiceFactory, tmp_path: Path) -> None:
+async def test_single_event_is_stored_before_202(
+    service: ServiceFactory, store_db: StoreDB
+) -> None:
     client = await service(LOG_ONLY)
     resp = await client.post("/events", json=example("course_completed"))
     assert resp.status == 202
@@ -31,12 +30,12 @@ async def test_single_event_is_stored_before_202(service: ServiceFactory, tmp_pa
     [accepted] = answer["accepted"]
     assert accepted["duplicate"] is False and len(accepted["id"]) == 32
     # The 202 came after the commit: a separate connection sees the row.
-    assert [(row[0], row[1]) for row in stored_events(tmp_path)] == [
+    assert [(row[0], row[1]) for row in stored_events(store_db)] == [
         (accepted["id"], "course_completed")
     ]
 
 
-async def test_array_and_ndjson_batches(service: ServiceFactory, tmp_path: Path) -> None:
+async def test_array_and_ndjson_batches(service: ServiceFactory, store_db: StoreDB) -> None:
     client = await service(LOG_ONLY)
     events = list(all_examples().values())
     resp = await client.post("/events", json=events)
@@ -52,7 +51,7 @@ async def test_array_and_ndjson_batches(service: ServiceFactory, tmp_path: Path)
     )
     assert resp.status == 202
     assert len((await resp.json())["accepted"]) == 7
-    assert len(stored_events(tmp_path)) == 14
+    assert len(stored_events(store_db)) == 14
 
 
 async def test_unknown_events_and_fields_pass_through(service: ServiceFactory) -> None:
@@ -87,7 +86,7 @@ async def test_malformed_ndjson_names_the_line(service: ServiceFactory) -> None:
 
 
 async def test_batch_is_all_or_nothing_and_lists_every_bad_item(
-    service: ServiceFactory, tmp_path: Path
+    service: ServiceFactory, store_db: StoreDB
 ) -> None:
     client = await service(LOG_ONLY)
     good = example("course_completed")
@@ -105,7 +104,7 @@ async def test_batch_is_all_or_nothing_and_lists_every_bad_item(
         (4, "metadata"),
     ]
     assert errors[0]["message"] == "is required"
-    assert stored_events(tmp_path) == []
+    assert stored_events(store_db) == []
 
 
 @pytest.mark.parametrize(
@@ -135,7 +134,7 @@ async def test_wrong_content_type_is_415(service: ServiceFactory) -> None:
     assert "application/xml" in (await resp.json())["error"]
 
 
-async def test_oversize_body_and_batch_are_413(service: ServiceFactory, tmp_path: Path) -> None:
+async def test_oversize_body_and_batch_are_413(service: ServiceFactory, store_db: StoreDB) -> None:
     client = await service(LOG_ONLY, max_body_bytes=4096, max_batch_items=3)
     big = example("syllabus_updated")
     big["body"]["syllabus_body"] = "x" * 5000
@@ -154,7 +153,7 @@ async def test_oversize_body_and_batch_are_413(service: ServiceFactory, tmp_path
     resp = await client.post("/events", json=small)
     assert resp.status == 413
     assert "limit is 3" in (await resp.json())["error"]
-    assert stored_events(tmp_path) == []
+    assert stored_events(store_db) == []
 
 
 async def test_bearer_token(service: ServiceFactory) -> None:
@@ -169,7 +168,7 @@ async def test_bearer_token(service: ServiceFactory) -> None:
 
 
 async def test_repeated_event_is_a_duplicate_and_notifies_once(
-    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
 ) -> None:
     client = await service(webhook_rules(receiver.url))
     event = example("course_completed")
@@ -188,7 +187,7 @@ async def test_repeated_event_is_a_duplicate_and_notifies_once(
         "course_completed",
         "course_created",
     ]
-    states = [row[2] for row in stored_events(tmp_path)]
+    states = [row[2] for row in stored_events(store_db)]
     assert states.count("duplicate") == 2
 
 
@@ -223,14 +222,14 @@ async def jwks_url(aiohttp_server, rsa_key: rsa.RSAPrivateKey) -> str:  # type: 
 
 
 async def test_signed_delivery_verified_against_jwks(
-    service: ServiceFactory, jwks_url: str, rsa_key: rsa.RSAPrivateKey, tmp_path: Path
+    service: ServiceFactory, jwks_url: str, rsa_key: rsa.RSAPrivateKey, store_db: StoreDB
 ) -> None:
     client = await service(LOG_ONLY, jwks_url=jwks_url, require_signed=True)
     event = example("course_section_created")
     token = jwt.encode(event, rsa_key, algorithm="RS256", headers={"kid": "canvas-1"})
     resp = await client.post("/events", data=token, headers={"Content-Type": "application/jwt"})
     assert resp.status == 202, await resp.text()
-    [(event_id, name, _)] = stored_events(tmp_path)
+    [(event_id, name, _)] = stored_events(store_db)
     assert name == "course_section_created"
     # The identity is the event's, whichever way it arrived.
     plain = await service(LOG_ONLY)
@@ -238,7 +237,7 @@ async def test_signed_delivery_verified_against_jwks(
 
 
 async def test_signed_delivery_rejections(
-    service: ServiceFactory, jwks_url: str, rsa_key: rsa.RSAPrivateKey, tmp_path: Path
+    service: ServiceFactory, jwks_url: str, rsa_key: rsa.RSAPrivateKey, store_db: StoreDB
 ) -> None:
     client = await service(LOG_ONLY, jwks_url=jwks_url, require_signed=True)
     event = example("course_created")
@@ -251,7 +250,7 @@ async def test_signed_delivery_rejections(
         assert reason in (await resp.json())["error"]
     unsigned = await client.post("/events", json=event)
     assert unsigned.status == 401
-    assert stored_events(tmp_path) == []
+    assert stored_events(store_db) == []
 
 
 async def test_jwt_without_jwks_configured_is_401(service: ServiceFactory, rsa_key) -> None:  # type: ignore[no-untyped-def]

@@ -3,13 +3,12 @@
 import asyncio
 import copy
 import shutil
-import sqlite3
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT, ServiceFactory, example
+from tests.conftest import ROOT, ServiceFactory, StoreDB, example
 from tests.receiver import SECRET, WebhookReceiver
 
 
@@ -38,9 +37,8 @@ def syllabus(course: str, n: int) -> dict[str, Any]:
     return event
 
 
-def query(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(tmp_path / "router.db") as conn:
-        return conn.execute(sql).fetchall()
+def query(store_db: StoreDB, sql: str) -> list[tuple[Any, ...]]:
+    return store_db.rows(sql)
 
 
 async def settle(seconds: float = 0.5) -> None:
@@ -56,7 +54,7 @@ THROTTLE = """\
 
 
 async def test_throttle_survives_a_restart(
-    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
 ) -> None:
     client = await service(rules(receiver.url, THROTTLE))
     await client.post("/events", json=completed("123", "1"))
@@ -70,7 +68,7 @@ async def test_throttle_survives_a_restart(
     await settle()
     users = [r.body["event"]["body"]["user"]["id"] for r in receiver.received]
     assert users == ["123", "456"]
-    assert query(tmp_path, "SELECT key, suppressed FROM throttles ORDER BY key") == [
+    assert query(store_db, "SELECT key, suppressed FROM throttles ORDER BY key") == [
         ("completions:123", 2),
         ("completions:456", 0),
     ]
@@ -95,7 +93,7 @@ DIGEST = """\
 
 
 async def test_digest_groups_by_key_and_flushes_on_wait_or_max(
-    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path, store_db: StoreDB
 ) -> None:
     digest_template(tmp_path)
     client = await service(rules(receiver.url, DIGEST))
@@ -110,11 +108,11 @@ async def test_digest_groups_by_key_and_flushes_on_wait_or_max(
     assert titles == ["1 changes in B", "2 changes in A", "3 changes in C"]
     by_title = {r.body["title"]: r.body["text"] for r in got}
     assert by_title["2 changes in A"] == "<p>version 1</p>;<p>version 2</p>;"
-    assert query(tmp_path, "SELECT count(*) FROM digests WHERE state = 'open'") == [(0,)]
+    assert query(store_db, "SELECT count(*) FROM digests WHERE state = 'open'") == [(0,)]
 
 
 async def test_open_digest_survives_a_restart(
-    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path, store_db: StoreDB
 ) -> None:
     digest_template(tmp_path)
     slow = DIGEST.replace("wait: 1s", "wait: 2s")
@@ -122,7 +120,7 @@ async def test_open_digest_survives_a_restart(
     await client.post("/events", json=syllabus("D", 1))
     await settle(0.3)
     await client.close()
-    assert query(tmp_path, "SELECT group_key, size FROM digests WHERE state = 'open'") == [
+    assert query(store_db, "SELECT group_key, size FROM digests WHERE state = 'open'") == [
         ('{"body.course_id":"D"}', 1)
     ]
     client = await service(rules(receiver.url, slow))

@@ -1,5 +1,6 @@
 """``router deliveries`` and ``router dlq``: on a store nobody serves, and on the
-SQLite file of a running service (whose dispatcher then picks the replay up)."""
+store of a running service, SQLite or PostgreSQL (whose dispatcher then picks the
+replay up)."""
 
 import asyncio
 import time
@@ -147,15 +148,15 @@ def test_dlq_replay_and_purge(db: str, tmp_path: Path) -> None:
 
 
 async def test_replay_from_the_cli_while_the_service_runs(
-    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+    service: ServiceFactory, receiver: WebhookReceiver, db_url: str
 ) -> None:
     receiver.script.append((422, {}))
     client = await service(webhook_rules(receiver.url))
     await client.post("/events", json=example("course_created"))
     await until_metric(client, "router_dead_letters", 1)
-    db = str(tmp_path / "router.db")
+    db = db_url
 
-    # Another process's view: the CLI opens the same SQLite file while it is served.
+    # Another process's view: the CLI opens the same store while it is served.
     code, out = await asyncio.to_thread(run, "dlq", "list", "--db", db, "--json")
     [dead] = orjson.loads(out)
     started = time.monotonic()

@@ -10,7 +10,7 @@ from router.retention import run_retention
 from router.settings import Settings
 from router.store import DigestEntry, NewDelivery, Pruned, RoutedEvent
 from router.store.sqlite import SqliteStore
-from tests.conftest import ServiceFactory, example, webhook_rules
+from tests.conftest import ServiceFactory, StoreDB, example, webhook_rules
 from tests.test_metrics import scrape, until_metric, value
 
 T0 = 1_700_000_000.0
@@ -119,7 +119,7 @@ async def test_prune_works_in_bounded_passes(tmp_path: Path) -> None:
 
 
 async def test_the_service_prunes_in_the_background(
-    service: ServiceFactory, tmp_path: Path
+    service: ServiceFactory, store_db: StoreDB
 ) -> None:
     client = await service(
         webhook_rules("", secret=None),
@@ -133,7 +133,7 @@ async def test_the_service_prunes_in_the_background(
     )
     samples = await until_metric(client, "router_retention_pruned_total", 1, kind="events")
     assert value(samples, "router_retention_pruned_total", kind="deliveries") == 1
-    assert rows(tmp_path / "router.db", "SELECT count(*) FROM events") == [(0,)]
+    assert store_db.rows("SELECT count(*) FROM events") == [(0,)]
     assert value(await scrape(client), "router_store_size_bytes") > 0
 
 

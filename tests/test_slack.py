@@ -18,7 +18,7 @@ from router import Message, PermanentError
 from router.config_source import ConfigErrors
 from router.plugins import load_plugins
 from router.rules import load_rules
-from tests.conftest import ROOT, ServiceFactory, all_examples, example
+from tests.conftest import ROOT, ServiceFactory, StoreDB, all_examples, example
 from tests.test_delivery import deliveries, first_state, until
 
 TOKEN = "test-bot-token-0123456789"  # not xoxb-shaped: the router's redactor would not mask it
@@ -110,12 +110,12 @@ def bot_rules(fake: FakeSlack, extra: str = "") -> str:
 
 
 async def test_bot_token_posts_channel_and_text(
-    service: ServiceFactory, slack: FakeSlack, tmp_path: Path
+    service: ServiceFactory, slack: FakeSlack, store_db: StoreDB
 ) -> None:
     rules = bot_rules(slack, "username: Canvas\nicon_emoji: ':mortar_board:'\nthread_ts: '1.5'")
     client = await service(rules)
     await client.post("/events", json=example("course_completed"))
-    await until(lambda: first_state(tmp_path) == "delivered")
+    await until(lambda: first_state(store_db) == "delivered")
     [hit] = slack.api
     assert hit.headers["Authorization"] == f"Bearer {TOKEN}"
     assert hit.body["channel"] == "#courses"
@@ -124,7 +124,7 @@ async def test_bot_token_posts_channel_and_text(
     assert (hit.body["username"], hit.body["icon_emoji"]) == ("Canvas", ":mortar_board:")
     assert hit.body["thread_ts"] == "1.5"
     assert "blocks" not in hit.body
-    assert deliveries(tmp_path)[0]["attempts"] == 1
+    assert deliveries(store_db)[0]["attempts"] == 1
 
 
 SLACK_TEMPLATE = """\
@@ -140,7 +140,7 @@ SLACK_TEMPLATE = """\
 
 
 async def test_blocks_come_from_the_slack_blocks_template_block(
-    service: ServiceFactory, slack: FakeSlack, tmp_path: Path, own_templates: Path
+    service: ServiceFactory, slack: FakeSlack, store_db: StoreDB, own_templates: Path
 ) -> None:
     (own_templates / "blocks.slack.j2").write_text(SLACK_TEMPLATE)
     (own_templates / "bare.slack.j2").write_text("[{{ body.user.name | tojson }}]\n")
@@ -156,7 +156,7 @@ async def test_blocks_come_from_the_slack_blocks_template_block(
     for name in ("course_completed", "course_progress", "course_updated"):
         await client.post("/events", json=example(name))
     done = ["dead", "delivered", "delivered"]
-    await until(lambda: sorted(d["state"] for d in deliveries(tmp_path)) == done)
+    await until(lambda: sorted(d["state"] for d in deliveries(store_db)) == done)
     by_text = {hit.body["text"]: hit.body for hit in slack.api}
     assert set(by_text) == {"Isaac Newton completed Computer Science I", '["Gottfried Leibniz"]'}
     assert by_text["Isaac Newton completed Computer Science I"]["blocks"] == [
@@ -165,17 +165,17 @@ async def test_blocks_come_from_the_slack_blocks_template_block(
     ]
     # No slack_blocks block: the whole template is the text, and no blocks are sent.
     assert "blocks" not in by_text['["Gottfried Leibniz"]']
-    [dead] = [d for d in deliveries(tmp_path) if d["state"] == "dead"]
+    [dead] = [d for d in deliveries(store_db) if d["state"] == "dead"]
     assert dead["rule"] == "broken" and dead["attempts"] == 1
     assert dead["last_error"].startswith("template block 'slack_blocks' is not valid JSON")
 
 
 async def test_incoming_webhook_delivers(
-    service: ServiceFactory, slack: FakeSlack, tmp_path: Path
+    service: ServiceFactory, slack: FakeSlack, store_db: StoreDB
 ) -> None:
     client = await service(slack_rules(f'url: "{slack.hook_url}"\nunfurl_links: true'))
     await client.post("/events", json=example("course_completed"))
-    await until(lambda: first_state(tmp_path) == "delivered")
+    await until(lambda: first_state(store_db) == "delivered")
     [hit] = slack.hooks
     assert hit.body["text"] == "Canvas event course_completed"
     assert hit.body["unfurl_links"] is True
@@ -191,37 +191,37 @@ async def test_incoming_webhook_delivers(
     ],
 )
 async def test_incoming_webhook_rejections_are_dead_letters(
-    service: ServiceFactory, slack: FakeSlack, tmp_path: Path, status: int, body: str, error: str
+    service: ServiceFactory, slack: FakeSlack, store_db: StoreDB, status: int, body: str, error: str
 ) -> None:
     slack.script.append((status, body, {}))
     client = await service(slack_rules(f'url: "{slack.hook_url}"'))
     await client.post("/events", json=example("course_created"))
-    await until(lambda: first_state(tmp_path) == "dead")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
     assert (row["last_error"], row["attempts"]) == (error, 1)
 
 
 async def test_incoming_webhook_5xx_is_retried(
-    service: ServiceFactory, slack: FakeSlack, tmp_path: Path
+    service: ServiceFactory, slack: FakeSlack, store_db: StoreDB
 ) -> None:
     slack.script.append((500, "rollup_error", {}))
     client = await service(slack_rules(f'url: "{slack.hook_url}"'))
     await client.post("/events", json=example("course_created"))
-    await until(lambda: first_state(tmp_path) == "delivered")
-    assert len(slack.hooks) == 2 and deliveries(tmp_path)[0]["attempts"] == 2
+    await until(lambda: first_state(store_db) == "delivered")
+    assert len(slack.hooks) == 2 and deliveries(store_db)[0]["attempts"] == 2
 
 
 async def test_429_waits_for_retry_after_then_delivers(
-    service: ServiceFactory, slack: FakeSlack, tmp_path: Path
+    service: ServiceFactory, slack: FakeSlack, store_db: StoreDB
 ) -> None:
     slack.script.append((429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "1"}))
     client = await service(bot_rules(slack))
     await client.post("/events", json=example("course_created"))
-    await until(lambda: first_state(tmp_path) == "delivered")
+    await until(lambda: first_state(store_db) == "delivered")
     first, second = slack.api
     # backoff_cap is 0.2 s in tests: only Retry-After explains a wait of a second.
     assert second.at - first.at >= 0.95
-    assert deliveries(tmp_path)[0]["attempts"] == 2
+    assert deliveries(store_db)[0]["attempts"] == 2
 
 
 @pytest.mark.parametrize(
@@ -234,24 +234,24 @@ async def test_429_waits_for_retry_after_then_delivers(
     ],
 )
 async def test_transient_failures_are_retried(
-    service: ServiceFactory, slack: FakeSlack, tmp_path: Path, status: int, body: dict
+    service: ServiceFactory, slack: FakeSlack, store_db: StoreDB, status: int, body: dict
 ) -> None:
     slack.script.append((status, body, {}))
     client = await service(bot_rules(slack))
     await client.post("/events", json=example("course_created"))
-    await until(lambda: first_state(tmp_path) == "delivered")
-    assert len(slack.api) == 2 and deliveries(tmp_path)[0]["attempts"] == 2
+    await until(lambda: first_state(store_db) == "delivered")
+    assert len(slack.api) == 2 and deliveries(store_db)[0]["attempts"] == 2
 
 
 @pytest.mark.parametrize("code", ["channel_not_found", "invalid_auth", "not_in_channel"])
 async def test_slack_errors_are_dead_letters_without_the_token(
-    service: ServiceFactory, slack: FakeSlack, tmp_path: Path, code: str
+    service: ServiceFactory, slack: FakeSlack, store_db: StoreDB, code: str
 ) -> None:
     slack.script.append((200, {"ok": False, "error": code}, {}))
     client = await service(bot_rules(slack))
     await client.post("/events", json=example("course_created"))
-    await until(lambda: first_state(tmp_path) == "dead")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
     assert row["attempts"] == 1 and len(slack.api) == 1
     assert f"slack error: {code}" in row["last_error"]
     assert TOKEN not in row["last_error"]
@@ -259,7 +259,7 @@ async def test_slack_errors_are_dead_letters_without_the_token(
 
 @pytest.mark.parametrize("mode", ["bot", "webhook"])
 async def test_connection_refused_is_retried_without_secrets(
-    service: ServiceFactory, tmp_path: Path, mode: str
+    service: ServiceFactory, store_db: StoreDB, mode: str
 ) -> None:
     dead = "http://127.0.0.1:9"
     settings = (
@@ -269,20 +269,20 @@ async def test_connection_refused_is_retried_without_secrets(
     )
     client = await service(slack_rules(settings), max_attempts=2)
     await client.post("/events", json=example("course_created"))
-    await until(lambda: first_state(tmp_path) == "dead")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
     assert row["attempts"] == 2
     assert row["last_error"].startswith("gave up after 2 attempt(s): ClientConnectorError")
     assert TOKEN not in row["last_error"] and HOOK_PATH not in row["last_error"]
 
 
 async def test_unusable_webhook_url_is_permanent_and_never_stored(
-    service: ServiceFactory, tmp_path: Path
+    service: ServiceFactory, store_db: StoreDB
 ) -> None:
     client = await service(slack_rules(f'url: "http://127.0.0.1:99999{HOOK_PATH}"'))
     await client.post("/events", json=example("course_created"))
-    await until(lambda: first_state(tmp_path) == "dead")
-    [row] = deliveries(tmp_path)
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
     assert row["attempts"] == 1
     assert row["last_error"] == "InvalidUrlClientError: ***"
 
@@ -296,7 +296,7 @@ async def test_unusable_webhook_url_is_permanent_and_never_stored(
 )
 async def test_empty_credential_is_log_only(
     service: ServiceFactory,
-    tmp_path: Path,
+    store_db: StoreDB,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     settings: str,
@@ -307,7 +307,7 @@ async def test_empty_credential_is_log_only(
     caplog.set_level("INFO")
     client = await service(slack_rules(settings))
     await client.post("/events", json=example("course_completed"))
-    await until(lambda: first_state(tmp_path) == "logged")
+    await until(lambda: first_state(store_db) == "logged")
     [record] = [r for r in caplog.records if r.getMessage() == "log-only channel: would send"]
     assert record.reason == reason  # type: ignore[attr-defined]
 
@@ -347,15 +347,15 @@ def test_blocks_json_shapes() -> None:
 
 
 async def test_shipped_slack_templates_render_blocks_slack_accepts(
-    service: ServiceFactory, slack: FakeSlack, tmp_path: Path, own_templates: Path
+    service: ServiceFactory, slack: FakeSlack, store_db: StoreDB, own_templates: Path
 ) -> None:
     shutil.rmtree(own_templates)  # the service fixture copies the shipped templates
     client = await service(bot_rules(slack, "rate_limit: 50/s"))  # not 1/s: keep it quick
     examples = all_examples()
     await client.post("/events", json=list(examples.values()))
-    await until(lambda: len(deliveries(tmp_path)) == len(examples))
-    await until(lambda: all(d["state"] != "pending" for d in deliveries(tmp_path)))
-    assert [d["last_error"] for d in deliveries(tmp_path) if d["state"] != "delivered"] == []
+    await until(lambda: len(deliveries(store_db)) == len(examples))
+    await until(lambda: all(d["state"] != "pending" for d in deliveries(store_db)))
+    assert [d["last_error"] for d in deliveries(store_db) if d["state"] != "delivered"] == []
     with_blocks = {path.name.split(".")[0] for path in ROOT.glob("templates/*.slack.j2")}
     for hit in slack.api:
         assert hit.body["text"]
