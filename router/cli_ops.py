@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import click
 import orjson
@@ -50,7 +51,7 @@ def _with_store(db: str | None, action: Callable[[Store], Awaitable[T]]) -> T:
             raise click.ClickException(f"no store at {path} (set --db or ROUTER_DB)")
 
     async def run() -> T:
-        store = open_store(settings.db, synchronous=settings.sqlite_synchronous)
+        store = open_store(_without_replica(settings.db), synchronous=settings.sqlite_synchronous)
         await store.open()
         try:
             return await action(store)
@@ -58,6 +59,16 @@ def _with_store(db: str | None, action: Callable[[Store], Awaitable[T]]) -> T:
             await store.close()
 
     return asyncio.run(run())
+
+
+def _without_replica(url: str) -> str:
+    """The store URL minus ``replica=``: a command must never open the store under a
+    running replica's name, which would release that replica's leases."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "replica"]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def _redactor(db: str | None) -> Redactor:

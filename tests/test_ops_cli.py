@@ -208,3 +208,11 @@ def test_serve_start_up_summary(
     assert _store_label("postgresql://router:pa55@db:5432/router") == (
         "postgresql://router:***@db:5432/router"
     )
+
+
+def test_commands_never_open_the_store_under_a_replicas_name() -> None:
+    from router.cli_ops import _without_replica
+
+    url = "postgresql://postgres@127.0.0.1/test?schema=r&replica=web-1&pool_max=4"
+    assert _without_replica(url) == "postgresql://postgres@127.0.0.1/test?schema=r&pool_max=4"
+    assert _without_replica("router.db") == "router.db"
