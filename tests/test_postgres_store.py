@@ -9,11 +9,9 @@ tests are skipped, saying so, only when it cannot be reached.
 """
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import NoReturn
 
 import asyncpg
 import pytest
@@ -21,36 +19,12 @@ import pytest
 from router.store import DigestEntry, InboxEvent, NewDelivery, RoutedEvent, open_store
 from router.store.postgres import MIGRATIONS, PostgresStore, parse_url
 from router.store.sqlite import SqliteStore
+from tests.conftest import PG_DSN, pg_admin_connection, pg_url
 
-PG_DSN = os.environ.get("ROUTER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-
-_unreachable: list[str] = []  # the reason, once a connection attempt failed
-
-
-def _no_server(reason: str) -> NoReturn:
-    # CI must test PostgreSQL for real: there a missing server is a failure, not a skip.
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-async def admin_connection() -> asyncpg.Connection:
-    """A plain connection to the test database, or skip the test if there is none."""
-    if _unreachable:
-        _no_server(_unreachable[0])
-    try:
-        return await asyncpg.connect(PG_DSN, timeout=5)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        _unreachable.append(
-            f"PostgreSQL unreachable at {PG_DSN} ({type(exc).__name__}: {exc});"
-            " set ROUTER_TEST_POSTGRES to a server with trust or password auth"
-        )
-        _no_server(_unreachable[0])
-
-
-def store_url(schema: str, **params: str) -> str:
-    extra = "".join(f"&{key}={value}" for key, value in params.items())
-    return f"{PG_DSN}?schema={schema}{extra}"
+# The test server and how a missing one is handled live in conftest (shared with the
+# service fixture, which runs every service test on PostgreSQL too).
+admin_connection = pg_admin_connection
+store_url = pg_url
 
 
 @pytest.fixture
