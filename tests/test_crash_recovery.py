@@ -12,16 +12,12 @@ What is promised and checked:
 """
 
 import asyncio
-import copy
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -31,105 +27,16 @@ import orjson
 import pytest
 
 from tests.conftest import ROOT, example, webhook_rules
+from tests.processes import RouterProcess, free_port, unique_event
+from tests.processes import tail as tail_of
 from tests.receiver import WebhookReceiver
 
 CONCURRENCY = 16  # flooding client tasks
 KILL_AFTER = 300  # accepted events before the SIGKILL
 DELIVERED_BEFORE_KILL = 10  # and this many received (so some are recorded delivered)
 RECEIVER_DELAY = 0.02  # slow receiver: deliveries are still pending at the kill
-STARTUP_TIMEOUT = 15.0
 RECOVERY_TIMEOUT = 60.0
 RESEND_SAMPLE = 50
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(*logs: Path, lines: int = 40) -> str:
-    parts = []
-    for log in logs:
-        text = log.read_text(errors="replace") if log.exists() else "(no log)"
-        parts.append(f"--- {log.name} (last {lines} lines) ---")
-        parts.extend(text.splitlines()[-lines:])
-    return "\n".join(parts)
-
-
-class Service:
-    """One ``router serve`` subprocess with its own log file."""
-
-    def __init__(self, tmp_path: Path, port: int, rules: Path, templates: Path, log: Path):
-        self.port = port
-        self.log = log
-        self.base = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "ROUTER_BACKOFF_BASE": "0.05",
-            "ROUTER_BACKOFF_CAP": "0.5",
-            "ROUTER_SHUTDOWN_GRACE": "5",
-        }
-        self._log_file = log.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "router.cli",
-                "serve",
-                "--rules",
-                str(rules),
-                "--templates",
-                str(templates),
-                "--db",
-                str(tmp_path / "router.db"),
-                "--port",
-                str(port),
-                "--log-format",
-                "json",
-            ],
-            env=env,
-            cwd=tmp_path,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def wait_healthy(self, session: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(
-                    f"router exited with {self.proc.returncode} during startup\n" + _tail(self.log)
-                )
-            try:
-                async with session.get(f"{self.base}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        pytest.fail(f"router not healthy after {STARTUP_TIMEOUT}s\n" + _tail(self.log))
-
-    async def ready(self, session: aiohttp.ClientSession) -> dict[str, Any]:
-        async with session.get(f"{self.base}/readyz") as resp:
-            return await resp.json()
-
-    def kill(self) -> None:
-        """Make sure the process is gone (used in ``finally``)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        self._log_file.close()
-
-
-def _event(n: int, base: dict[str, Any]) -> dict[str, Any]:
-    event = copy.deepcopy(base)
-    event["metadata"]["request_id"] = str(uuid.uuid4())
-    event["body"]["user"]["id"] = str(100_000 + n)
-    return event
 
 
 def _store_snapshot(db: Path) -> dict[str, Any]:
@@ -155,12 +62,12 @@ async def test_sigkill_mid_flood_loses_nothing_and_repeats_nothing(tmp_path: Pat
     templates = tmp_path / "templates"
     shutil.copytree(ROOT / "templates", templates)
     db = tmp_path / "router.db"
-    port = _free_port()
+    port = free_port()
     log1, log2 = tmp_path / "router-1.log", tmp_path / "router-2.log"
-    services: list[Service] = []
+    services: list[RouterProcess] = []
 
     def tail() -> str:
-        return _tail(log1, log2)
+        return tail_of(log1, log2)
 
     base = example("course_completed")
     sent: dict[str, dict[str, Any]] = {}  # accepted event id -> the event as posted
@@ -171,7 +78,15 @@ async def test_sigkill_mid_flood_loses_nothing_and_repeats_nothing(tmp_path: Pat
 
     try:
         # -- run 1: flood, then SIGKILL mid-flight ------------------------------------
-        first = Service(tmp_path, port, rules, templates, log1)
+        first = RouterProcess(
+            "router",
+            db=str(tmp_path / "router.db"),
+            rules=rules,
+            templates=templates,
+            workdir=tmp_path,
+            port=port,
+            log=log1,
+        )
         services.append(first)
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=CONCURRENCY * 2),
@@ -185,7 +100,7 @@ async def test_sigkill_mid_flood_loses_nothing_and_repeats_nothing(tmp_path: Pat
                 while not kill_now.is_set():
                     round_ += 1
                     size = 1 if (worker + round_) % 3 else 2 + (worker + round_) % 4
-                    events = [_event(next(counter), base) for _ in range(size)]
+                    events = [unique_event(next(counter), base, 100_000) for _ in range(size)]
                     body: Any = events[0] if size == 1 and worker % 2 else events
                     try:
                         async with session.post(
@@ -261,7 +176,15 @@ async def test_sigkill_mid_flood_loses_nothing_and_repeats_nothing(tmp_path: Pat
         assert not not_received, f"recorded delivered but never received: {not_received[:5]}"
 
         # -- run 2: restart on the same store and port ---------------------------------
-        second = Service(tmp_path, port, rules, templates, log2)
+        second = RouterProcess(
+            "router",
+            db=str(tmp_path / "router.db"),
+            rules=rules,
+            templates=templates,
+            workdir=tmp_path,
+            port=port,
+            log=log2,
+        )
         services.append(second)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             await second.wait_healthy(session)

@@ -18,15 +18,11 @@ What is promised and checked:
 """
 
 import asyncio
-import copy
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -37,6 +33,8 @@ import orjson
 import pytest
 
 from tests.conftest import PG_DSN, ROOT, example, pg_url
+from tests.processes import RouterProcess, free_port, unique_event
+from tests.processes import tail as tail_of
 from tests.receiver import SECRET, WebhookReceiver
 
 REPLICAS = 3
@@ -45,7 +43,6 @@ KILL_AFTER = 300  # accepted events before the SIGKILL...
 DELIVERED_BEFORE_KILL = 20  # ...and this many received, and the victim holding leases
 AFTER_KILL = 150  # events the survivors accept while the victim is down
 RECEIVER_DELAY = 0.02  # a slow receiver: deliveries are in flight at the kill
-STARTUP_TIMEOUT = 15.0
 PHASE_TIMEOUT = 15.0
 RECOVERY_TIMEOUT = 20.0  # well under the leases (60 s events, 50 s deliveries here)
 TOKEN = "replicas-admin-token"
@@ -66,96 +63,6 @@ rules:
 """
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(logs: list[Path], lines: int = 30) -> str:
-    parts = []
-    for log in logs:
-        text = log.read_text(errors="replace") if log.exists() else "(no log)"
-        parts.append(f"--- {log.name} (last {lines} lines) ---")
-        parts.extend(text.splitlines()[-lines:])
-    return "\n".join(parts)
-
-
-class Replica:
-    """One ``router serve`` subprocess on the shared schema, with its own log file."""
-
-    def __init__(self, name: str, db: str, port: int, workdir: Path, log: Path) -> None:
-        self.name = name
-        self.port = port
-        self.log = log
-        self.base = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "ROUTER_ADMIN_TOKEN": TOKEN,
-            "ROUTER_BACKOFF_BASE": "0.05",
-            "ROUTER_BACKOFF_CAP": "0.5",
-            "ROUTER_SHUTDOWN_GRACE": "5",
-            "ROUTER_RELOAD_POLL": "0",
-        }
-        self._log_file = log.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "router.cli",
-                "serve",
-                "--rules",
-                str(workdir / "rules.yaml"),
-                "--templates",
-                str(workdir / "templates"),
-                "--db",
-                db,
-                "--port",
-                str(port),
-                "--log-format",
-                "json",
-            ],
-            env=env,
-            cwd=workdir,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def wait_healthy(self, session: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(
-                    f"{self.name} exited with {self.proc.returncode} during startup\n"
-                    + _tail([self.log])
-                )
-            try:
-                async with session.get(f"{self.base}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        pytest.fail(f"{self.name} not healthy after {STARTUP_TIMEOUT}s\n" + _tail([self.log]))
-
-    def kill(self) -> None:
-        """Make sure the process is gone (used in ``finally``)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        self._log_file.close()
-
-
-def _event(n: int, base: dict[str, Any]) -> dict[str, Any]:
-    event = copy.deepcopy(base)
-    event["metadata"]["request_id"] = str(uuid.uuid4())
-    event["body"]["user"]["id"] = str(300_000 + n)
-    return event
-
-
 async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
     async with session.get(url, headers=ADMIN) as resp:
         assert resp.status == 200, f"GET {url}: {resp.status} {await resp.text()}"
@@ -172,19 +79,28 @@ async def test_three_replicas_survive_a_sigkill_and_share_dead_letters(
     (tmp_path / "rules.yaml").write_text(RULES.format(hook=hook.url, gate=gate.url, secret=SECRET))
     shutil.copytree(ROOT / "templates", tmp_path / "templates")
     names = [f"r{n + 1}" for n in range(REPLICAS)]
-    ports = {name: _free_port() for name in names}
+    ports = {name: free_port() for name in names}
     logs: list[Path] = []
-    procs: list[Replica] = []
+    procs: list[RouterProcess] = []
 
-    def start(name: str, run: int) -> Replica:
+    def start(name: str, run: int) -> RouterProcess:
         log = tmp_path / f"{name}-{run}.log"
         logs.append(log)
-        replica = Replica(name, pg_url(pg_test_schema, replica=name), ports[name], tmp_path, log)
+        replica = RouterProcess(
+            name,
+            db=pg_url(pg_test_schema, replica=name),
+            rules=tmp_path / "rules.yaml",
+            templates=tmp_path / "templates",
+            workdir=tmp_path,
+            port=ports[name],
+            log=log,
+            env={"ROUTER_ADMIN_TOKEN": TOKEN, "ROUTER_RELOAD_POLL": "0"},
+        )
         procs.append(replica)
         return replica
 
     def tail() -> str:
-        return _tail(logs)
+        return tail_of(*logs)
 
     # The test's own view of the store: a plain connection to the schema.
     db = await asyncpg.connect(PG_DSN, server_settings={"search_path": pg_test_schema})
@@ -213,7 +129,7 @@ async def test_three_replicas_survive_a_sigkill_and_share_dead_letters(
                     targets = list(live)
                     target = targets[(worker + round_) % len(targets)]
                     size = 1 if (worker + round_) % 3 else 2 + (worker + round_) % 4
-                    events = [_event(next(counter), base) for _ in range(size)]
+                    events = [unique_event(next(counter), base, 300_000) for _ in range(size)]
                     body: Any = events[0] if size == 1 and worker % 2 else events
                     try:
                         async with session.post(
