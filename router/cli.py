@@ -122,15 +122,20 @@ def serve(**options: Any) -> None:
     runner_kwargs: dict[str, Any] = {}
     if loop_factory is not None:
         runner_kwargs["loop"] = loop_factory()
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_grace,
-        access_log=None,
-        print=None,
-        **runner_kwargs,
-    )
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            shutdown_timeout=settings.shutdown_grace,
+            access_log=None,
+            print=None,
+            **runner_kwargs,
+        )
+    except OSError as exc:  # the port is taken, the address is not ours, ...
+        reason = exc.strerror or str(exc)
+        click.echo(f"error: cannot listen on {settings.host}:{settings.port}: {reason}", err=True)
+        sys.exit(1)
     log.info("stopped")
 
 

@@ -205,3 +205,26 @@ def test_router_test_json_and_bad_event_files(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["test", str(rules), str(bad)])
     assert result.exit_code == 1
     assert "not an event: [0] metadata.event_name: is required" in result.stderr
+
+
+def test_serve_on_a_taken_port_says_so(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "router.cli", "serve",
+                "--rules", str(ROOT / "rules.yaml"), "--templates", str(ROOT / "templates"),
+                "--db", str(tmp_path / "r.db"), "--port", str(port), "--log-format", "json",
+            ],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"error: cannot listen on 127.0.0.1:{port}:" in result.stderr
+    assert "address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
