@@ -452,6 +452,9 @@ def _compile_rule(
 def _template_errors(templates: Templates) -> list[ConfigError]:
     """Every template in the directory must compile: the templates an event name picks
     at run time are not named in the rules, and must not fail at 3 a.m. either."""
+    if not templates.directory.is_dir():
+        message = "templates directory not found (set --templates or ROUTER_TEMPLATES)"
+        return [ConfigError(str(templates.directory), 1, 1, "", message)]
     found = []
     for name in templates.names():
         problem = templates.problem(name)

@@ -228,3 +228,14 @@ def test_serve_on_a_taken_port_says_so(tmp_path: Path) -> None:
     assert f"error: cannot listen on 127.0.0.1:{port}:" in result.stderr
     assert "address already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_validate_names_a_missing_templates_directory(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nchannels: {hook: {type: webhook}}\nrules: []\n")
+    code, out = run("validate", str(rules), "--templates", str(tmp_path / "nope"))
+    assert code == 1
+    assert out.splitlines() == [
+        f"{tmp_path / 'nope'}:1:1: templates directory not found"
+        " (set --templates or ROUTER_TEMPLATES)"
+    ]
