@@ -36,7 +36,8 @@ def problem(status: int, message: str, **extra: object) -> web.Response:
 
 
 def _looks_like_jwt(data: bytes) -> bool:
-    return data[:3] == b"eyJ" and data.count(b".") == 2 and b"{" not in data
+    # The prefix test first: a JSON body fails it without copying or scanning.
+    return data[:3] == b"eyJ" and data.strip().count(b".") == 2 and b"{" not in data
 
 
 async def _read(request: web.Request, limit: int) -> bytes | web.Response:
@@ -61,7 +62,7 @@ def _authorized(request: web.Request) -> bool:
 async def _events_from(request: web.Request, data: bytes) -> list[ParsedEvent] | web.Response:
     settings = request.app[SETTINGS]
     ctype = request.content_type.lower() if request.headers.get("Content-Type") else ""
-    if ctype in JWT_TYPES or (ctype in JSON_TYPES and _looks_like_jwt(data.strip())):
+    if ctype in JWT_TYPES or (ctype in JSON_TYPES and _looks_like_jwt(data)):
         verifier = request.app[JWKS]
         if verifier is None:
             return problem(401, "signed (JWT) delivery received but ROUTER_JWKS_URL is not set")
