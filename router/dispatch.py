@@ -215,7 +215,8 @@ class Dispatcher:
         plugin = definition.type.plugin
         attempt = job.attempts + 1
         rendered = orjson.loads(job.message)
-        message = Message(
+        # Built from the router's own records, already of the right types: no validation.
+        message = Message.model_construct(
             key=job.key,
             event_id=job.event_id,
             event_name=job.event_name,
