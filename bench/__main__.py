@@ -1,0 +1,346 @@
+"""The benchmark suite: every scenario in one run, one table of figures against targets.
+
+    .venv/bin/python -m bench --quick                 # well under a minute: smoke
+    .venv/bin/python -m bench --full --json out.json  # the real figures (minutes)
+    .venv/bin/python -m bench --quick --only rules,micro
+
+Scenarios (each bounded in time; all traffic on 127.0.0.1):
+
+1. ``ingest``: durable ``POST /events`` vs a bare aiohttp server (``bench.ingest``);
+2. ``e2e``: open-loop 500 and 1,000 events/s through ``router serve`` to a webhook
+   receiver; POST->delivered p50/p99 and losses (``bench.e2e``);
+3. ``delivery``: dispatcher vs Apprise to one receiver (``bench.delivery``);
+4. ``rules``: rule evaluation with 10 vs 10,000 rules (``bench.rules``);
+5. ``backlog``: receiver down while N events arrive, then up (``bench.backlog``);
+6. ``micro``: template rendering and ``parse_body`` µs per message (``bench.micro``).
+
+Prints one markdown table (scenario | ours | reference | ratio | target | met?) and
+writes the same rows, plus each scenario's details, as JSON with ``--json``. Exits
+non-zero only when a scenario broke (raised, or its own driver reported a failure),
+never because a target was missed.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SCENARIOS = ("ingest", "e2e", "delivery", "rules", "backlog", "micro")
+DASH = "—"
+
+
+class Row(dict[str, Any]):
+    """One table row: scenario, ours, reference, ratio, target, met."""
+
+
+def row(
+    scenario: str,
+    ours: str,
+    reference: str = DASH,
+    ratio: float | None = None,
+    target: str = DASH,
+    met: bool | None = None,
+) -> Row:
+    return Row(
+        scenario=scenario,
+        ours=ours,
+        reference=reference,
+        ratio=ratio,
+        target=target,
+        met=met,
+    )
+
+
+def quiet_call(function: Callable[[], int]) -> tuple[int, str]:
+    """Run a driver's ``main``, keeping its stdout (its own table) for the log."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = function()
+    return code, buffer.getvalue()
+
+
+# -- scenarios -------------------------------------------------------------------------
+
+
+def scenario_ingest(quick: bool, tmp: Path) -> tuple[list[Row], dict[str, Any], bool]:
+    from bench import ingest
+
+    out = tmp / "ingest.json"
+    argv = ["--json", str(out)] + (["--quick"] if quick else [])
+    code, text = quiet_call(lambda: ingest.main(argv))
+    data = json.loads(out.read_text()) if out.exists() else {}
+    if not data:
+        raise RuntimeError(f"bench.ingest wrote no results (exit {code}):\n{text[-2000:]}")
+    router, bare = data["results"]["router"], data["results"]["bare-aiohttp"]
+    ratio = data["ratio"]
+    rows = [
+        row(
+            "1. durable ingest (req/s, router vs bare aiohttp)",
+            f"{router['rps']:,.0f}/s",
+            f"{bare['rps']:,.0f}/s",
+            ratio,
+            ">= 0.5",
+            ratio >= 0.5,
+        )
+    ]
+    return rows, {**data, "log": text}, code == 0
+
+
+def scenario_e2e(quick: bool, tmp: Path) -> tuple[list[Row], dict[str, Any], bool]:
+    from bench import e2e
+
+    duration = 3.0 if quick else 20.0
+    data = asyncio.run(e2e.run_all([500.0, 1000.0], duration, quick, tmp))
+    rows = []
+    ok = True
+    for rate, r in data["rates"].items():
+        ok = ok and not r["failures"]
+        p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.1f}"
+        p99 = "-" if r["p99_ms"] is None else f"{r['p99_ms']:.1f}"
+        ours = (
+            f"p50 {p50} ms, p99 {p99} ms, lost {r['lost']}/{r['accepted_202']}"
+            f" (sent {r['achieved_send_rate']:,.0f}/s)"
+        )
+        if rate == "1000":
+            met = r["p99_ms"] is not None and r["p99_ms"] < 50 and r["lost"] == 0
+            target = "p99 < 50 ms, 0 lost"
+        else:
+            met = r["lost"] == 0
+            target = "0 lost"
+        rows.append(
+            row(
+                f"2. end to end at {rate}/s (POST -> webhook arrival)",
+                ours,
+                f"offered {rate}/s",
+                None,
+                target,
+                met and not r["failures"],
+            )
+        )
+    return rows, data, ok
+
+
+def scenario_delivery(quick: bool, tmp: Path) -> tuple[list[Row], dict[str, Any], bool]:
+    from bench import delivery
+
+    argv = ["--quick"] if quick else []
+    code, text = quiet_call(lambda: delivery.main(argv))
+    ratio_m = re.search(r"ratio \(router/apprise\) = ([\d.]+)", text)
+    rates = re.findall(r"^\| (router|apprise)[^|]*\|[^|]*\|[^|]*\|[^|]*\| ([\d,]+) \|$", text, re.M)
+    if ratio_m is None or len(rates) != 2:
+        raise RuntimeError(f"bench.delivery output not understood (exit {code}):\n{text[-2000:]}")
+    by = {name: float(value.replace(",", "")) for name, value in rates}
+    ratio = float(ratio_m.group(1))
+    rows = [
+        row(
+            "3. delivery throughput (notifications/s, router vs Apprise)",
+            f"{by['router']:,.0f}/s",
+            f"{by['apprise']:,.0f}/s",
+            ratio,
+            ">= 10",
+            ratio >= 10,
+        )
+    ]
+    return (
+        rows,
+        {"router_per_s": by["router"], "apprise_per_s": by["apprise"], "log": text},
+        (code == 0),
+    )
+
+
+def scenario_rules(quick: bool, tmp: Path) -> tuple[list[Row], dict[str, Any], bool]:
+    from bench import rules
+
+    out = tmp / "rules.json"
+    argv = ["--json", str(out)] + (["--quick"] if quick else [])
+    code, text = quiet_call(lambda: rules.main(argv))
+    data = json.loads(out.read_text())
+    per = {int(k): v for k, v in data["us_per_event"].items()}
+    ratio = data["ratio"]
+    rows = [
+        row(
+            "4. rule evaluation (µs/event, 10,000 vs 10 rules)",
+            f"{per[10_000]:.1f} µs",
+            f"{per[10]:.1f} µs",
+            ratio,
+            "<= 2",
+            ratio <= 2,
+        )
+    ]
+    return rows, {**data, "log": text}, code == 0
+
+
+def scenario_backlog(quick: bool, tmp: Path) -> tuple[list[Row], dict[str, Any], bool]:
+    from bench import backlog
+
+    n, reference, drain_timeout = (5_000, 2_000, 60.0) if quick else (200_000, 20_000, 600.0)
+    data = asyncio.run(backlog.run(n, reference, 32, drain_timeout, tmp))
+    ref, bl = data["reference"]["rate"], data["backlog"]["rate"]
+    drain = data["drain"]
+    rows = [
+        row(
+            f"5a. backlog: max router RSS ({n:,} events, receiver down)",
+            f"{data['max_rss_mb']:.1f} MB",
+            f"{data['rss_before_mb']:.1f} MB before",
+            None,
+            "< 200 MB",
+            data["max_rss_mb"] < 200,
+        ),
+        row(
+            "5b. backlog: ingest rate, receiver down vs up",
+            f"{bl:,.0f}/s",
+            f"{ref:,.0f}/s",
+            bl / ref if ref else None,
+            "drop < 20 % (ratio > 0.8)",
+            data["ingest_drop"] < 0.20,
+        ),
+        row(
+            "5c. backlog: drain rate after recovery",
+            f"{drain['rate']:,.0f}/s ({drain['delivered']:,} in {drain['seconds']:.1f}s)",
+        ),
+    ]
+    ok = drain["complete"] and not data["reference"]["other"] and not data["backlog"]["other"]
+    return rows, data, ok
+
+
+def scenario_micro(quick: bool, tmp: Path) -> tuple[list[Row], dict[str, Any], bool]:
+    from bench import micro
+
+    data = micro.measure(0.03 if quick else 0.3)
+    s = micro.summary(data)
+    data["summary"] = s
+    rows = [
+        row(
+            "6. parse_body per event",
+            f"{s['parse_mean_us']:.1f} µs mean, {s['parse_max_us']:.1f} max",
+        )
+    ]
+    for channel_type in micro.CHANNEL_TYPES:
+        rows.append(
+            row(
+                f"6. render {channel_type} template per message",
+                f"{s[f'render_{channel_type}_mean_us']:.1f} µs mean,"
+                f" {s[f'render_{channel_type}_max_us']:.1f} max",
+            )
+        )
+    return rows, data, True
+
+
+RUNNERS = {
+    "ingest": scenario_ingest,
+    "e2e": scenario_e2e,
+    "delivery": scenario_delivery,
+    "rules": scenario_rules,
+    "backlog": scenario_backlog,
+    "micro": scenario_micro,
+}
+
+
+# -- driver --------------------------------------------------------------------------
+
+
+def run_scenarios(names: list[str], quick: bool) -> tuple[list[Row], dict[str, Any], list[str]]:
+    rows: list[Row] = []
+    details: dict[str, Any] = {}
+    broken: list[str] = []
+    affinity = os.sched_getaffinity(0)
+    for name in names:
+        print(f"== {name}", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+            try:
+                got, detail, ok = RUNNERS[name](quick, Path(tmp))
+            except Exception as exc:  # a broken scenario must not stop the others
+                traceback.print_exc()
+                got, detail, ok = (
+                    [row(name, f"ERROR: {type(exc).__name__}: {exc}"[:200])],
+                    {},
+                    False,
+                )
+            finally:
+                os.sched_setaffinity(0, affinity)  # drivers pin this process; undo it
+        detail["seconds"] = time.perf_counter() - started
+        if not ok:
+            broken.append(name)
+            for r in got:
+                r["met"] = r["met"] if r["met"] is not None else False
+                r["broken"] = True
+        rows += got
+        details[name] = detail
+        print(f"   {name}: {detail['seconds']:.1f}s", file=sys.stderr, flush=True)
+    return rows, details, broken
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = [
+        "| scenario | our figure | reference (same run) | ratio | target | met? |",
+        "| --- | --- | --- | ---: | --- | --- |",
+    ]
+    for r in rows:
+        ratio = DASH if r["ratio"] is None else f"{r['ratio']:.2f}"
+        met = DASH if r["met"] is None else ("yes" if r["met"] else "**no**")
+        if r.get("broken"):
+            met += " (broken)"
+        lines.append(
+            f"| {r['scenario']} | {r['ours']} | {r['reference']} | {ratio}"
+            f" | {r['target']} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small numbers, < 60 s in all")
+    size.add_argument("--full", action="store_true", help="the real figures (default)")
+    parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
+    args = parser.parse_args(argv)
+    names = list(SCENARIOS)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in RUNNERS]
+        if unknown:
+            parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+    started = time.perf_counter()
+    rows, details, broken = run_scenarios(names, args.quick)
+    total = time.perf_counter() - started
+    print()
+    print(markdown(rows))
+    print(f"\n{'quick' if args.quick else 'full'} run, {total:.0f}s in all", end="")
+    print(f"; broken: {', '.join(broken)}" if broken else "")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "mode": "quick" if args.quick else "full",
+                    "seconds": total,
+                    "rows": rows,
+                    "broken": broken,
+                    "details": details,
+                },
+                indent=2,
+                default=str,
+            )
+            + "\n"
+        )
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

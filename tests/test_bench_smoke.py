@@ -1,0 +1,42 @@
+"""Smoke tests of the in-process benchmarks (rule evaluation, templates and parsing):
+they run and report sane figures. No server is started here; the server scenarios run
+only through ``python -m bench``."""
+
+import json
+from pathlib import Path
+
+from bench import micro, rules
+from bench.__main__ import main as bench_main
+from bench.__main__ import markdown, run_scenarios
+
+
+def test_rule_evaluation_smoke(tmp_path: Path) -> None:
+    sample = rules.events()
+    small = rules.cost_per_event(rules.build(10, tmp_path), sample, 0.02)
+    larger = rules.cost_per_event(rules.build(1000, tmp_path), sample, 0.02)
+    assert 0 < small < 10_000
+    assert 0 < larger < 10_000
+
+
+def test_micro_covers_every_example_and_channel_type() -> None:
+    result = micro.measure(0.002)
+    names = {json.loads(p.read_text())["metadata"]["event_name"] for p in micro.EVENTS.glob("*")}
+    assert set(result["render_us"]) == names == set(result["parse_us"])
+    for per_type in result["render_us"].values():
+        assert set(per_type) == set(micro.CHANNEL_TYPES)
+        assert all(0 < us < 1_000_000 for us in per_type.values())
+    assert all(0 < us < 1_000_000 for us in result["parse_us"].values())
+    summary = micro.summary(result)
+    assert summary["parse_mean_us"] > 0
+
+
+def test_runner_table_and_json(tmp_path: Path) -> None:
+    rows, _details, broken = run_scenarios(["micro"], quick=True)
+    assert not broken
+    assert len(rows) == 1 + len(micro.CHANNEL_TYPES)
+    table = markdown(rows)
+    assert table.splitlines()[0].startswith("| scenario | our figure |")
+    out = tmp_path / "bench.json"
+    assert bench_main(["--quick", "--only", "micro", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["broken"] == [] and len(data["rows"]) == len(rows)
