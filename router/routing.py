@@ -223,7 +223,6 @@ class RoutingWorker:
         self.metrics = metrics or Metrics()
         self.observe = observe
         self.pressure = pressure or IngestPressure(share=1.0)
-        self.suppressed = 0
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -285,7 +284,6 @@ class RoutingWorker:
             )
         worked = time.perf_counter() - started
         suppressed = await self.store.record_routing(routed, now=self.clock())
-        self.suppressed += len(suppressed)
         for rule in suppressed:
             self.metrics.throttled.labels(rule).inc()
             log.info("delivery throttled", extra={"rule": rule})

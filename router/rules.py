@@ -54,8 +54,6 @@ __all__ = [
     "parse_duration",
 ]
 
-HOST_CHANNEL_KEYS = HOST_KEYS
-
 
 def _rate_or_none(value: Any) -> float | None:
     if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
@@ -353,11 +351,9 @@ def _check_channels(
         except ValidationError as exc:
             errors.extend(errors_from_validation(exc, source, channel_model(ctype.cls.Config), loc))
             continue
-        options = ChannelOptions.model_validate(
-            {k: v for k, v in entry.items() if k in HOST_CHANNEL_KEYS}
-        )
+        options = ChannelOptions.model_validate({k: v for k, v in entry.items() if k in HOST_KEYS})
         config = ctype.cls.Config.model_validate(
-            {k: v for k, v in entry.items() if k not in HOST_CHANNEL_KEYS}
+            {k: v for k, v in entry.items() if k not in HOST_KEYS}
         )
         channels[name] = ChannelDef(name, ctype, options, config)
         secrets.update(secret_values(config))
