@@ -36,12 +36,12 @@ from aiohttp import web
 
 from bench.ingest import (
     ROOT,
-    TEMPLATES,
     BenchError,
     Server,
     cpu_plan,
     free_port,
     pinned,
+    router_argv,
     router_env,
     tail,
 )
@@ -160,25 +160,7 @@ class Receiver:
 
 
 def router_server(rules: Path, db: Path, port: int, log: Path, env: dict[str, str]) -> Server:
-    argv = [
-        sys.executable,
-        "-m",
-        "router.cli",
-        "serve",
-        "--rules",
-        str(rules),
-        "--templates",
-        str(TEMPLATES),
-        "--db",
-        str(db),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "WARNING",
-    ]
-    return Server("router", argv, env, log)
+    return Server("router", router_argv(rules, str(db), port), env, log)
 
 
 # -- open-loop generator ---------------------------------------------------------------

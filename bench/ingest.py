@@ -432,6 +432,15 @@ def router_env(synchronous: str) -> dict[str, str]:
     return env
 
 
+def router_argv(rules: Path, db: str, port: int) -> list[str]:
+    """The command line of a benchmarked ``router serve`` (shared by every bench)."""
+    return [
+        sys.executable,
+        *("-m", "router.cli", "serve", "--rules", str(rules), "--templates", str(TEMPLATES)),
+        *("--db", db, "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.ingest",
@@ -493,24 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "router": lambda port: Server(
                 "router",
-                [
-                    sys.executable,
-                    "-m",
-                    "router.cli",
-                    "serve",
-                    "--rules",
-                    str(rules),
-                    "--templates",
-                    str(TEMPLATES),
-                    "--db",
-                    str(db),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "WARNING",
-                ],
+                router_argv(rules, str(db), port),
                 router_env(args.synchronous),
                 workdir / "router.log",
             ),

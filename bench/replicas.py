@@ -59,7 +59,6 @@ import asyncpg
 from bench.ingest import (
     EVENT_FILE,
     RULES,
-    TEMPLATES,
     WARMUP_SECONDS,
     BenchError,
     Generator,
@@ -68,6 +67,7 @@ from bench.ingest import (
     free_port,
     get_json,
     pick_generator,
+    router_argv,
     router_env,
     tail,
 )
@@ -267,24 +267,7 @@ def run_setup(
             port = free_port()
             server = Server(
                 f"{label}/{n + 1}",
-                [
-                    sys.executable,
-                    "-m",
-                    "router.cli",
-                    "serve",
-                    "--rules",
-                    str(rules),
-                    "--templates",
-                    str(TEMPLATES),
-                    "--db",
-                    url,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "WARNING",
-                ],
+                router_argv(rules, url, port),
                 router_env("FULL"),
                 workdir / f"{label}-{n + 1}.log",
             )
