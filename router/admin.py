@@ -268,40 +268,38 @@ def _bad(exc: BadQuery) -> web.Response:
 # -- handlers --------------------------------------------------------------------------
 
 
+async def _listing(request: web.Request, state: DeliveryState | None) -> list[dict[str, Any]]:
+    """Deliveries selected by the query's channel, rule, since and limit (BadQuery if
+    one of them is malformed), redacted for the answer."""
+    query = request.query
+    records = await request.app[STORE].list_deliveries(
+        state=state,
+        channel=query.get("channel") or None,
+        rule=query.get("rule") or None,
+        since=parse_since(query["since"], now=time.time()) if query.get("since") else None,
+        limit=parse_limit(query.get("limit")),
+    )
+    redact = _redactor(request)
+    return [record_dict(r, redact) for r in records]
+
+
 async def get_deliveries(request: web.Request) -> web.Response:
     """``GET /-/deliveries?state=&channel=&rule=&since=&limit=``, newest first."""
-    query = request.query
     try:
-        records = await request.app[STORE].list_deliveries(
-            state=parse_state(query.get("state")),
-            channel=query.get("channel") or None,
-            rule=query.get("rule") or None,
-            since=parse_since(query["since"], now=time.time()) if query.get("since") else None,
-            limit=parse_limit(query.get("limit")),
-        )
+        deliveries = await _listing(request, parse_state(request.query.get("state")))
     except BadQuery as exc:
         return _bad(exc)
-    redact = _redactor(request)
-    return _json({"deliveries": [record_dict(r, redact) for r in records]})
+    return _json({"deliveries": deliveries})
 
 
 async def get_dlq(request: web.Request) -> web.Response:
     """``GET /-/dlq?channel=&rule=&since=&limit=``: dead letters with error and attempts."""
-    query = request.query
-    store = request.app[STORE]
     try:
-        records = await store.list_deliveries(
-            state="dead",
-            channel=query.get("channel") or None,
-            rule=query.get("rule") or None,
-            since=parse_since(query["since"], now=time.time()) if query.get("since") else None,
-            limit=parse_limit(query.get("limit")),
-        )
+        dead = await _listing(request, "dead")
     except BadQuery as exc:
         return _bad(exc)
-    redact = _redactor(request)
-    total = (await store.counts()).dead
-    return _json({"total": total, "dead_letters": [record_dict(r, redact) for r in records]})
+    total = (await request.app[STORE].counts()).dead
+    return _json({"total": total, "dead_letters": dead})
 
 
 async def get_dead_letter(request: web.Request) -> web.Response:
