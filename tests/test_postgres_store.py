@@ -119,6 +119,24 @@ async def test_schema_version_and_tables_live_in_the_named_schema(
     assert store.channel == f"router:{pg_schema}"
 
 
+async def test_sessions_name_their_replica_unless_the_url_does(pg_schema: str) -> None:
+    async def session_names(url: str) -> set[str]:
+        store = open_store(url)
+        await store.open()
+        try:
+            rows = await fetch(
+                pg_schema,
+                "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()",
+            )
+            return {row["application_name"] for row in rows}
+        finally:
+            await store.close()
+
+    assert "router r7" in await session_names(store_url(pg_schema, replica="r7"))
+    named = await session_names(store_url(pg_schema, replica="r7", application_name="ops"))
+    assert "ops" in named and "router r7" not in named
+
+
 async def test_reopening_is_idempotent_and_newer_schema_is_refused(pg_schema: str) -> None:
     for _ in range(2):
         store = open_store(store_url(pg_schema))

@@ -190,6 +190,15 @@ async def test_three_replicas_survive_a_sigkill_and_share_dead_letters(
             live.remove(victim)
             os.kill(victim.proc.pid, signal.SIGKILL)
             victim.proc.wait(timeout=10)
+            # A statement the victim sent just before dying still runs (and commits) on
+            # its server session: count its leases once those sessions are gone.
+            deadline = time.monotonic() + PHASE_TIMEOUT
+            while await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                f"router {victim.name}",
+            ):
+                assert time.monotonic() < deadline, "the victim's sessions outlived it"
+                await asyncio.sleep(0.01)
             at_kill = len(accepted)
             held = await victim_holds_leases()
             delivered_at_kill = {

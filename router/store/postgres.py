@@ -40,7 +40,8 @@ these extra query parameters, understood here and not sent to the server:
 * ``pool_min`` / ``pool_max``: connection pool size (default 1 and 10).
 
 Any other query parameter is passed to asyncpg (``sslmode=...``, or a server setting
-such as ``application_name=...``).
+such as ``application_name=...``; by default it is ``router <replica>``, so that
+``pg_stat_activity`` shows which replica holds a session).
 
 An addition to the ``Store`` protocol: ``subscribe(callback)`` listens (LISTEN) for
 the NOTIFY that every replica sends after accepting events and after creating or
@@ -388,7 +389,11 @@ class PostgresStore:
     # -- plumbing -------------------------------------------------------------------
 
     def _server_settings(self) -> dict[str, str]:
-        return {"search_path": _quote(self.schema)} if self.schema else {}
+        settings = {"search_path": _quote(self.schema)} if self.schema else {}
+        if "application_name=" not in self.dsn:
+            # Operators (and tests) tell the replicas' sessions apart in pg_stat_activity.
+            settings["application_name"] = f"router {self.replica}"[:63]
+        return settings
 
     async def open(self) -> None:
         self._closing = False
