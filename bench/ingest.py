@@ -8,11 +8,24 @@ One run measures, with the same load generator and the same settings:
 
 Each request posts ``examples/events/course_completed.json`` with a distinct
 ``metadata.request_id``, so no event is deduplicated. Servers run pinned to one core,
-the load generator to the other. After the router run, the number of events in its
-SQLite ``events`` table is checked against the number of 202 answers it gave.
+the load generator to the other.
 
-    .venv/bin/python -m bench.ingest                 # 10 s per server
-    .venv/bin/python -m bench.ingest --quick         # 2 s, CI smoke
+Machine speed drifts over tens of seconds, so the two servers are measured interleaved,
+not one after the other: both are started at once, each is warmed up once, then
+``rounds`` rounds load each for ``slice`` seconds (2 s slices, as many rounds as fit the
+duration; ``--quick``: 2 rounds of 1 s), the order alternating each round (bare then
+router, router then bare, ...) so a linear drift cancels. The server not under load is
+frozen with SIGSTOP (its whole process group) and resumed with SIGCONT for its own
+slices, so the router's background routing of its backlog never runs during a bare
+slice. Per server: requests/s = all answers / all measured seconds; p50 and p99 = the
+median of the per-slice p50 and p99 (p99 = median of per-slice p99). The per-round
+ratios are reported next to the headline ratio (total router req/s / total bare req/s).
+
+After the run, the number of events in the router's SQLite ``events`` table is checked
+against the number of 202 answers it gave (warm-up and every slice).
+
+    .venv/bin/python -m bench.ingest                 # 12 s per server (6 rounds of 2 s)
+    .venv/bin/python -m bench.ingest --quick         # 2 rounds of 1 s, CI smoke
     .venv/bin/python -m bench.ingest --json out.json
 
 Exits non-zero only when something broke (a server did not start, the load generator
@@ -27,12 +40,14 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +58,7 @@ EVENT_FILE = ROOT / "examples" / "events" / "course_completed.json"
 TEMPLATES = ROOT / "templates"
 TARGET_RATIO = 0.35
 WARMUP_SECONDS = 1.0
+SLICE_SECONDS = 2.0  # one server's share of a round
 SHUTDOWN_GRACE = 5.0
 START_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 10.0
@@ -161,11 +177,15 @@ def get_json(url: str, timeout: float = 5.0) -> Any:
 
 
 class Server:
-    """A server subprocess: started pinned, waited for, always stopped."""
+    """A server subprocess: started pinned, waited for, always stopped.
+
+    It runs in its own session (process group), which ``pause`` freezes with SIGSTOP and
+    ``resume`` thaws with SIGCONT; ``stop`` resumes a frozen server before SIGTERM."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name, self.argv, self.env, self.log = name, argv, env, log
         self.proc: subprocess.Popen[bytes] | None = None
+        self.paused = False
 
     def start(self, port: int, cpus: set[int] | None) -> None:
         with open(self.log, "wb") as log:
@@ -195,11 +215,28 @@ class Server:
             time.sleep(0.1)
         raise BenchError(f"{self.name} did not answer /healthz within {START_TIMEOUT:g}s")
 
+    def signal_group(self, signum: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signum)  # start_new_session: pgid == pid
+
+    def pause(self) -> None:
+        """Freeze the whole process group (SIGSTOP): it uses no CPU until ``resume``."""
+        self.signal_group(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.paused:
+            self.signal_group(signal.SIGCONT)
+            self.paused = False
+
     def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        """Resume if frozen, SIGTERM, then SIGKILL if it does not exit in time; returns
+        the exit code."""
         proc = self.proc
         if proc is None:
             return None
+        self.resume()  # a stopped process would not act on SIGTERM
         if proc.poll() is None:
             with suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
@@ -339,45 +376,92 @@ def pick_generator(choice: str, workdir: Path) -> tuple[Generator, str]:
     return PyLoadgen(), note
 
 
-# -- one server under load ---------------------------------------------------------------
+# -- interleaved load ---------------------------------------------------------------------
 
 
-def measure(
+def plan(duration: float, quick: bool) -> tuple[int, float]:
+    """(rounds, slice seconds): 2 s slices filling ``duration``; --quick: 2 x 1 s.
+    The number of rounds is even, so that each order (bare first, router first) runs
+    equally often and a linear drift of the machine's speed cancels out."""
+    if quick:
+        return 2, 1.0
+    slice_s = min(SLICE_SECONDS, duration)
+    rounds = max(1, int(duration / slice_s + 0.5))
+    return rounds + rounds % 2, slice_s
+
+
+@contextmanager
+def thawed(server: Server) -> Iterator[None]:
+    """Resume a frozen server for the block, freeze it again afterwards."""
+    server.resume()
+    try:
+        yield
+    finally:
+        server.pause()
+
+
+def load_slice(
     server: Server,
     port: int,
     generator: Generator,
     *,
+    tag: str,
     connections: int,
-    duration: float,
-    server_cpus: set[int] | None,
-    generator_cpus: set[int] | None,
-    run_id: str,
+    seconds: float,
+    cpus: set[int] | None,
 ) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{port}/events"
-    server.start(port, server_cpus)
-    print(f"  {server.name}: up on 127.0.0.1:{port}; warming up {WARMUP_SECONDS:g}s", flush=True)
-    warm = generator.run(
-        url,
-        tag=f"{run_id}-warm",
-        connections=connections,
-        duration=WARMUP_SECONDS,
-        cpus=generator_cpus,
-    )
-    print(f"  {server.name}: measuring {duration:g}s", flush=True)
-    result = generator.run(
-        url, tag=f"{run_id}-run", connections=connections, duration=duration, cpus=generator_cpus
-    )
-    result["warmup"] = warm
+    """Thaw ``server``, load it for ``seconds``, freeze it again."""
+    with thawed(server):
+        return generator.run(
+            f"http://127.0.0.1:{port}/events",
+            tag=tag,
+            connections=connections,
+            duration=seconds,
+            cpus=cpus,
+        )
+
+
+def merge_counts(parts: list[dict[str, Any]], key: str) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in parts:
+        for name, count in (part.get(key) or {}).items():
+            total[name] = total.get(name, 0) + count
+    return total
+
+
+def median_of(parts: list[dict[str, Any]], key: str) -> float | None:
+    values = [part[key] for part in parts if part[key] is not None]
+    return statistics.median(values) if values else None
+
+
+def aggregate(slices: list[dict[str, Any]], warmup: dict[str, Any]) -> dict[str, Any]:
+    """One server's figures over its slices: sums, rps = all answers / all measured
+    seconds, p50/p99 = the median of the per-slice p50/p99."""
+    seconds = sum(part["duration_s"] for part in slices)
+    counts = ("sent", "answered", "ok", "unexpected_status", "errors", "unanswered")
+    result: dict[str, Any] = {
+        "generator": slices[0]["generator"],
+        "duration_s": seconds,
+        **{key: sum(part[key] for part in slices) for key in counts},
+        "error_kinds": merge_counts(slices, "error_kinds"),
+    }
+    if any("statuses" in part for part in slices):  # loadgen.py reports them
+        result["statuses"] = merge_counts(slices, "statuses")
+    result["rps"] = result["answered"] / seconds if seconds else 0.0
+    result["p50_ms"] = median_of(slices, "p50_ms")
+    result["p99_ms"] = median_of(slices, "p99_ms")
+    result["slices"] = slices
+    result["warmup"] = warmup
     return result
 
 
-def router_store_check(db: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """Events in SQLite against 202 answers (warm-up and measured runs together).
+def router_store_check(db: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Events in SQLite against 202 answers (the warm-up and every slice together).
 
     Every 202 must be in the table. Requests still in flight when the generator stopped
     (wrk drops them at its deadline) may be stored without their 202 having been read,
     so the table may hold up to that many more."""
-    phases = [results["warmup"], results]
+    phases = [result["warmup"], *result["slices"]]
     accepted = sum(p["ok"] for p in phases)
     unanswered = sum(p["unanswered"] for p in phases)
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -409,7 +493,8 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 def report_table(rows: dict[str, dict[str, Any]]) -> str:
     lines = [
-        "| server | requests/s | p50 ms | p99 ms | errors/non-202 |",
+        "| server | requests/s (all slices) | p50 ms (median of slices)"
+        " | p99 ms (median of slices) | errors/non-202 |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name, r in rows.items():
@@ -447,9 +532,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per server")
+    parser.add_argument(
+        "--duration", type=float, default=12.0, help="measured seconds per server (2 s slices)"
+    )
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
-    parser.add_argument("--quick", action="store_true", help="2 s per server (CI smoke)")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 rounds of 1 s per server (CI smoke)"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
     parser.add_argument(
         "--generator", choices=["auto", "wrk", "loadgen"], default="auto", help="default: auto"
@@ -462,12 +551,14 @@ def main(argv: list[str] | None = None) -> int:
     duration = 2.0 if args.quick else args.duration
     if duration <= 0 or args.connections < 1:
         parser.error("--duration must be > 0 and --connections >= 1")
+    rounds, slice_s = plan(duration, args.quick)
 
     server_cpus, generator_cpus, pin_note = cpu_plan(not args.no_pin)
     if generator_cpus is not None:
         os.sched_setaffinity(0, generator_cpus)  # keep this driver off the server's core
     run_id = f"{os.getpid()}-{int(time.time())}"
     results: dict[str, dict[str, Any]] = {}
+    round_ratios: list[float | None] = []
     store: dict[str, Any] | None = None
     problems: list[str] = []
 
@@ -484,59 +575,97 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load generator: {generator_note}")
         print(f"cpus: {pin_note}")
         print(
-            f"load: {args.connections} connections, {duration:g}s per server"
-            f" after a {WARMUP_SECONDS:g}s warm-up; body {EVENT_FILE.relative_to(ROOT)}"
-            f" with a distinct {DEFAULT_FIELD} per request"
+            f"load: {args.connections} connections; both servers up at once, each warmed up"
+            f" {WARMUP_SECONDS:g}s, then {rounds} rounds x {slice_s:g}s per server, interleaved"
+            f" (order alternating each round), the idle server frozen with SIGSTOP;"
+            f" body {EVENT_FILE.relative_to(ROOT)} with a distinct {DEFAULT_FIELD} per request"
         )
         print(
             f"router store: {db} ({filesystem_of(workdir)}), WAL,"
             f" synchronous={args.synchronous}; --log-level WARNING\n",
             flush=True,
         )
-        servers = {
-            "bare-aiohttp": lambda port: Server(
-                "bare-aiohttp",
-                [sys.executable, "-m", "bench.bare_server", "--port", str(port)],
-                dict(os.environ),
-                workdir / "bare.log",
+        bare_port, router_port = free_port(), free_port()
+        while router_port == bare_port:
+            router_port = free_port()
+        targets = {
+            "bare-aiohttp": (
+                Server(
+                    "bare-aiohttp",
+                    [sys.executable, "-m", "bench.bare_server", "--port", str(bare_port)],
+                    dict(os.environ),
+                    workdir / "bare.log",
+                ),
+                bare_port,
             ),
-            "router": lambda port: Server(
-                "router",
-                router_argv(rules, str(db), port),
-                router_env(args.synchronous),
-                workdir / "router.log",
+            "router": (
+                Server(
+                    "router",
+                    router_argv(rules, str(db), router_port),
+                    router_env(args.synchronous),
+                    workdir / "router.log",
+                ),
+                router_port,
             ),
         }
+        order = list(targets)
+        codes: dict[str, int | None] = {}
+
+        def load(name: str, tag: str, seconds: float) -> dict[str, Any]:
+            server, port = targets[name]
+            return load_slice(
+                server,
+                port,
+                generator,
+                tag=f"{run_id}-{tag}",
+                connections=args.connections,
+                seconds=seconds,
+                cpus=generator_cpus,
+            )
+
         try:
-            for name, make in servers.items():
-                port = free_port()
-                server = make(port)
-                try:
-                    results[name] = measure(
-                        server,
-                        port,
-                        generator,
-                        connections=args.connections,
-                        duration=duration,
-                        server_cpus=server_cpus,
-                        generator_cpus=generator_cpus,
-                        run_id=run_id,
+            try:
+                for name, (server, port) in targets.items():
+                    server.start(port, server_cpus)
+                    server.pause()
+                    print(f"  {name}: up on 127.0.0.1:{port}", flush=True)
+                print(f"  warming up each server {WARMUP_SECONDS:g}s", flush=True)
+                warmups = {name: load(name, "warm", WARMUP_SECONDS) for name in order}
+                slices: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
+                for index in range(rounds):
+                    turn = order if index % 2 == 0 else order[::-1]
+                    this_round = {name: load(name, f"r{index}", slice_s) for name in turn}
+                    for name, result in this_round.items():
+                        slices[name].append(result)
+                    bare_rps = this_round["bare-aiohttp"]["rps"]
+                    ratio_now = this_round["router"]["rps"] / bare_rps if bare_rps else None
+                    round_ratios.append(ratio_now)
+                    print(
+                        f"  round {index + 1}/{rounds} ({turn[0]} first): "
+                        + ", ".join(f"{n} {r['rps']:.0f} req/s" for n, r in this_round.items())
+                        + f"; ratio {fmt(ratio_now)}",
+                        flush=True,
                     )
-                    if name == "router":
-                        with suppress(OSError, ValueError):
-                            results[name]["readyz_after_load"] = get_json(
-                                f"http://127.0.0.1:{port}/readyz"
-                            )
-                finally:
-                    code = server.stop()
-                if code not in (0, -signal.SIGTERM):
-                    problems.append(f"{name} exited with {code}:\n{tail(server.log)}")
-                warnings = [
-                    ln for ln in server.log.read_text(errors="replace").splitlines() if ln.strip()
-                ]
-                if name == "router" and warnings:
-                    print(f"  router logged {len(warnings)} line(s) at WARNING or above, e.g.:")
-                    print("    " + warnings[0][:300])
+                results = {name: aggregate(slices[name], warmups[name]) for name in order}
+                # Frozen since its last slice, the router has not moved: thaw it and ask.
+                with thawed(targets["router"][0]), suppress(OSError, ValueError):
+                    results["router"]["readyz_after_load"] = get_json(
+                        f"http://127.0.0.1:{router_port}/readyz"
+                    )
+            finally:
+                for name, (server, _port) in targets.items():
+                    server.resume()
+                    codes[name] = server.stop()
+            for name, (server, _port) in targets.items():
+                if codes[name] not in (0, -signal.SIGTERM):
+                    problems.append(f"{name} exited with {codes[name]}:\n{tail(server.log)}")
+            router_log = targets["router"][0].log
+            warnings = [
+                ln for ln in router_log.read_text(errors="replace").splitlines() if ln.strip()
+            ]
+            if warnings:
+                print(f"  router logged {len(warnings)} line(s) at WARNING or above, e.g.:")
+                print("    " + warnings[0][:300])
             store = router_store_check(db, results["router"])
         except (BenchError, subprocess.TimeoutExpired, OSError, sqlite3.Error) as exc:
             print(f"\nerror: {exc}", file=sys.stderr)
@@ -569,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     if not store["ok"]:
         problems.append("router: events in SQLite do not match the 202 answers")
+    print("ratio per round (router/bare): " + ", ".join(fmt(r) for r in round_ratios))
     print(f"ratio (router/bare) = {ratio:.2f} (target >= {TARGET_RATIO})")
 
     if args.json:
@@ -577,12 +707,15 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "generator": generator.name,
                     "connections": args.connections,
-                    "duration_s": duration,
+                    "duration_s": rounds * slice_s,
                     "warmup_s": WARMUP_SECONDS,
+                    "rounds": rounds,
+                    "slice_s": slice_s,
                     "cpus": pin_note,
                     "synchronous": args.synchronous,
                     "results": results,
                     "router_store": store,
+                    "round_ratios": round_ratios,
                     "ratio": ratio,
                     "target_ratio": TARGET_RATIO,
                     "problems": problems,
