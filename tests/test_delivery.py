@@ -303,3 +303,15 @@ async def test_draining_service_answers_503(service: ServiceFactory) -> None:
     assert resp.status == 503
     assert resp.headers["Retry-After"] == "5"
     assert (await client.get("/readyz")).status == 503
+
+
+async def test_a_receivers_cookie_does_not_follow_later_deliveries(
+    service: ServiceFactory, receiver: WebhookReceiver
+) -> None:
+    receiver.script.append((503, {"Set-Cookie": "session=from-receiver; Path=/"}))
+    # By host name: a cookie jar ignores cookies from bare IP addresses.
+    client = await service(webhook_rules(receiver.url.replace("127.0.0.1", "localhost")))
+    await client.post("/events", json=example("course_created"))
+    [got] = await receiver.wait_for(1)
+    assert receiver.requests == 2  # the 503 with its cookie, then the retry
+    assert "Cookie" not in got.headers

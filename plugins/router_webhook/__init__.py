@@ -55,7 +55,10 @@ class WebhookChannel(Channel):
         self._signer = (
             Webhook(self.config.secret.get_secret_value()) if self.config.secret else None
         )
-        self._session = aiohttp.ClientSession()
+        # No cookie jar: a receiver's cookie must not follow one delivery to the next.
+        self._session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=self.timeout)
+        )
 
     async def close(self) -> None:
         await self._session.close()
