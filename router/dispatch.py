@@ -251,7 +251,9 @@ class Dispatcher:
             if runtime.limiter is not None:
                 await runtime.limiter.acquire()
             try:
-                await asyncio.wait_for(runtime.instance.send(message), definition.options.timeout)
+                # asyncio.timeout, not wait_for: no extra task per send.
+                async with asyncio.timeout(definition.options.timeout):
+                    await runtime.instance.send(message)
             except RetryableError as exc:
                 error, retry_after = str(exc) or type(exc).__name__, exc.retry_after
             except PermanentError as exc:

@@ -9,7 +9,7 @@ read from the store when ``GET /metrics`` is scraped.
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -186,24 +186,35 @@ class Metrics:
             registry=r,
         )
         r.register(_ReloadCollector(lambda: self.reload_status))
+        self._delivery_children: dict[tuple[str, str, bool], tuple[Any, Any, Any]] = {}
 
     # -- recording helpers (cheap: one dict lookup or labels() call and an increment) --
 
     def delivery(self, channel: str, status: str, attempt: int, latency: float | None) -> None:
         """Count one attempt's outcome (``delivered``, ``logged``, ``retry``, ``dead``)."""
+        key = (channel, status, attempt == 1)
+        children = self._delivery_children.get(key)
+        if children is None:
+            children = self._delivery_children[key] = self._children_of(*key)
+        attempts, completed, latency_of = children
+        attempts.inc()
+        if completed is not None:
+            completed.inc()
+        if latency_of is not None and latency is not None:
+            latency_of.observe(max(0.0, latency))
+
+    def _children_of(self, channel: str, status: str, first: bool) -> tuple[Any, Any, Any]:
+        # labels() validates and locks on every call: the dispatcher looks its three
+        # children up once per (channel, outcome) instead of once per delivery.
         if status == "retry":
-            self.attempts.labels(channel, "retried").inc()
-            return
-        self.attempts.labels(channel, status).inc()
-        if status == "delivered":
-            result = "delivered_first_attempt" if attempt == 1 else "delivered_after_retry"
-            if latency is not None:
-                self.latency.labels(channel).observe(max(0.0, latency))
-        elif status == "dead":
-            result = "failed"
-        else:
-            result = "logged"
-        self.completed.labels(channel, result).inc()
+            return self.attempts.labels(channel, "retried"), None, None
+        result = {
+            "delivered": "delivered_first_attempt" if first else "delivered_after_retry",
+            "dead": "failed",
+        }.get(status, "logged")
+        latency = self.latency.labels(channel) if status == "delivered" else None
+        attempts = self.attempts.labels(channel, status)
+        return attempts, self.completed.labels(channel, result), latency
 
     async def refresh(self, store: "Store", *, now: float) -> dict[str, float]:
         """Read the queue gauges and the store size from the store; return them."""

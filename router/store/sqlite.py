@@ -7,6 +7,7 @@ concurrent requests share one fsync, and nobody hears "done" before it is durabl
 """
 
 import asyncio
+import json
 import logging
 import os
 import queue
@@ -368,16 +369,26 @@ class SqliteStore:
     ) -> list[DeliveryJob]:
         def op(conn: sqlite3.Connection) -> list[DeliveryJob]:
             leased = self._delivery_leases = _live(self._delivery_leases, now)
+            # Due ids first (from the index alone), then the rows of the unleased ones:
+            # the messages and events of jobs in flight are not read again.
+            due = conn.execute(
+                "SELECT id FROM deliveries"
+                " WHERE state = 'pending' AND channel = ? AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?",
+                (channel, now, limit + len(leased)),
+            ).fetchall()
+            ids = [row[0] for row in due if row[0] not in leased][:limit]
+            if not ids:
+                return []
             rows = conn.execute(
                 "SELECT d.id, d.key, e.id, e.name, d.rule, d.channel, d.message, p.payload,"
                 " d.attempts, d.created_at, e.received_at"
                 " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
                 " JOIN event_payloads p ON p.seq = d.event_seq"
-                " WHERE d.state = 'pending' AND d.channel = ? AND d.next_attempt_at <= ?"
-                " ORDER BY d.next_attempt_at LIMIT ?",
-                (channel, now, limit + len(leased)),
+                " WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY d.next_attempt_at",
+                (json.dumps(ids),),
             ).fetchall()
-            jobs = [DeliveryJob(*row) for row in rows if row[0] not in leased][:limit]
+            jobs = [DeliveryJob(*row) for row in rows]
             leased.update((job.id, now + lease) for job in jobs)
             return jobs
 
