@@ -17,7 +17,7 @@ LONGEST_PAUSE = 0.1
 class IngestPressure:
     """Counts ingest requests in flight and paces background work against them."""
 
-    def __init__(self, share: float = 0.25) -> None:
+    def __init__(self, share: float = 0.1) -> None:
         self.share = share
         self.in_flight = 0
 
