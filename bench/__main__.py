@@ -83,14 +83,18 @@ def scenario_ingest(quick: bool, tmp: Path) -> tuple[list[Row], dict[str, Any], 
         raise RuntimeError(f"bench.ingest wrote no results (exit {code}):\n{text[-2000:]}")
     router, bare = data["results"]["router"], data["results"]["bare-aiohttp"]
     ratio = data["ratio"]
+    # Without wrk the Python load generator caps the bare server's figure: the ratio is
+    # flattered, so it is shown but not judged against the target.
+    by_wrk = data["generator"] == "wrk"
+    reference = f"{bare['rps']:,.0f}/s" + ("" if by_wrk else " (bound by loadgen.py: no wrk)")
     rows = [
         row(
             "1. durable ingest (req/s, router vs bare aiohttp)",
             f"{router['rps']:,.0f}/s",
-            f"{bare['rps']:,.0f}/s",
+            reference,
             ratio,
             ">= 0.5",
-            ratio >= 0.5,
+            ratio >= 0.5 if by_wrk else None,
         )
     ]
     return rows, {**data, "log": text}, code == 0

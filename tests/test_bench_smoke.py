@@ -1,9 +1,14 @@
-"""Smoke tests of the in-process benchmarks (rule evaluation, templates and parsing):
-they run and report sane figures. No server is started here; the server scenarios run
-only through ``python -m bench``."""
+"""Smoke tests of the benchmark suite, so that it cannot rot: the in-process benchmarks
+(rule evaluation, templates and parsing) report sane figures, and ``python -m bench
+--quick`` runs every scenario end to end (servers, load generator, receivers) in well
+under a minute. Targets are not asserted here: figures belong to ``bench/``."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from bench import micro, rules
 from bench.__main__ import main as bench_main
@@ -40,3 +45,22 @@ def test_runner_table_and_json(tmp_path: Path) -> None:
     assert bench_main(["--quick", "--only", "micro", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["broken"] == [] and len(data["rows"]) == len(rows)
+
+
+@pytest.mark.timeout(300)
+def test_the_whole_suite_runs_quick(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["mode"] == "quick" and data["broken"] == []
+    numbered = {row["scenario"].split(".")[0].rstrip("abc") for row in data["rows"]}
+    assert numbered == {"1", "2", "3", "4", "5", "6"}, numbered
+    assert all(row["ours"] not in ("", "—") for row in data["rows"]), data["rows"]
