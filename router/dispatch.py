@@ -74,6 +74,16 @@ class ChannelRuntime:
     def name(self) -> str:
         return self.definition.name
 
+    @property
+    def free(self) -> int:
+        """How many more jobs may be claimed: a window of PREFETCH x concurrency."""
+        return self.definition.options.concurrency * PREFETCH - self.claimed
+
+    @property
+    def wants_jobs(self) -> bool:
+        """Whether a claim is worth a round trip: at least ``concurrency`` free."""
+        return self.free >= self.definition.options.concurrency
+
 
 async def open_channels(definitions: dict[str, ChannelDef]) -> dict[str, ChannelRuntime]:
     """Instantiate and open every channel; a plugin that fails here is isolated: its
@@ -160,20 +170,18 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatcher round failed; retrying in 1s")
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
     async def _claim_round(self) -> None:
         for runtime in list(self.channels.values()):
-            options = runtime.definition.options
-            window = options.concurrency * PREFETCH
-            free = window - runtime.claimed
-            if free < options.concurrency or self._stopping:
+            if not runtime.wants_jobs or self._stopping:
                 continue
-            lease = options.timeout * PREFETCH + 30.0
+            lease = runtime.definition.options.timeout * PREFETCH + 30.0
             jobs = await self.store.claim_deliveries(
-                runtime.name, free, lease=lease, now=self.clock()
+                runtime.name, runtime.free, lease=lease, now=self.clock()
             )
             for job in jobs:
                 runtime.claimed += 1
@@ -208,7 +216,8 @@ class Dispatcher:
             log.exception("recording a delivery outcome failed", extra={"key": job.key})
         finally:
             runtime.claimed -= 1
-            self._wake.set()
+            if runtime.wants_jobs:  # not after every job: claims come in batches
+                self._wake.set()
 
     async def _attempt_unguarded(self, runtime: ChannelRuntime, job: DeliveryJob) -> None:
         definition = runtime.definition

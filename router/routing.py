@@ -244,7 +244,8 @@ class RoutingWorker:
                 self.on_routed()
                 continue
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
