@@ -111,11 +111,11 @@ def parse_body_or_error(
 async def post_events(request: web.Request) -> web.Response:
     """Accept events; 202 only once they are durable."""
     pressure = request.app[PRESSURE]
-    pressure.in_flight += 1
+    pressure.enter()
     try:
         return await _accept(request)
     finally:
-        pressure.in_flight -= 1
+        pressure.leave()
 
 
 async def _accept(request: web.Request) -> web.Response:

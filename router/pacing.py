@@ -2,29 +2,56 @@
 
 An event answered 202 is already durable, so the router can take Canvas' burst at
 full speed and catch up on routing and delivery afterwards. While many ingest
-requests are in flight at once (the sign that the CPU is the limit), background
-work gets at most ``share`` of the time; with spare CPU it runs flat out.
+requests have been in flight for a while (the sign that the CPU is the limit),
+background work gets at most ``share`` of the time; with spare CPU it runs flat out.
 """
 
 import asyncio
+import time
+from collections.abc import Callable
 
 __all__ = ["IngestPressure"]
 
-CROWDED = 8  # ingest requests in flight at once that mean "the CPU is the limit"
+CROWDED = 16  # ingest requests in flight at once that mean "the CPU is the limit"...
+CROWDED_FOR = 0.05  # ...when it lasts: moments of crowding this close, this long
 LONGEST_PAUSE = 0.1
 
 
 class IngestPressure:
     """Counts ingest requests in flight and paces background work against them."""
 
-    def __init__(self, share: float = 0.1) -> None:
+    def __init__(self, share: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
         self.share = share
+        self.clock = clock
         self.in_flight = 0
+        self._episode_start = 0.0  # the first and the latest moment of the current
+        self._episode_last = -1.0  # run of crowded moments (none yet: last < start)
+
+    def enter(self) -> None:
+        """An ingest request starts."""
+        self.in_flight += 1
+        if self.in_flight >= CROWDED:
+            now = self.clock()
+            if now - self._episode_last > CROWDED_FOR:
+                self._episode_start = now
+            self._episode_last = now
+
+    def leave(self) -> None:
+        """An ingest request is answered."""
+        self.in_flight -= 1
 
     @property
     def crowded(self) -> bool:
-        """Whether ingest is saturating the CPU right now."""
-        return self.in_flight >= CROWDED and self.share < 1.0
+        """Whether ingest is saturating the CPU: ``CROWDED`` requests in flight again
+        and again, no further apart than ``CROWDED_FOR``, for at least that long.
+        (Group commit answers requests in bunches, so the count dips between
+        moments of crowding.) A short stall, such as a checkpoint or a garbage
+        collection, piles requests up too, but they clear at once: pacing then would
+        only delay notifications."""
+        if self.share >= 1.0:
+            return False
+        last = self._episode_last
+        return self.clock() - last <= CROWDED_FOR and last - self._episode_start >= CROWDED_FOR
 
     async def give_way(self, worked: float) -> None:
         """After ``worked`` seconds of background work, pause so that it gets at

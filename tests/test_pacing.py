@@ -1,0 +1,98 @@
+"""Ingest first: when background work gives way, and how much (router/pacing.py).
+A fake clock drives it: no sleeps, no timing."""
+
+import asyncio
+
+import pytest
+
+from router.pacing import CROWDED, CROWDED_FOR, LONGEST_PAUSE, IngestPressure
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def crowd(pressure: IngestPressure) -> None:
+    """Bring the requests in flight to CROWDED, then answer them all (group commit
+    answers in bunches)."""
+    for _ in range(CROWDED):
+        pressure.enter()
+    for _ in range(CROWDED):
+        pressure.leave()
+
+
+def test_fewer_requests_in_flight_is_never_crowded() -> None:
+    clock = Clock()
+    pressure = IngestPressure(clock=clock)
+    for _ in range(100):
+        for _ in range(CROWDED - 1):
+            pressure.enter()
+        clock.now += CROWDED_FOR / 4
+        for _ in range(CROWDED - 1):
+            pressure.leave()
+    assert pressure.in_flight == 0
+    assert not pressure.crowded
+
+
+def test_crowding_again_and_again_for_a_while_is_a_burst_until_it_stops() -> None:
+    clock = Clock()
+    pressure = IngestPressure(clock=clock)
+    crowd(pressure)
+    assert not pressure.crowded  # one moment is no burst
+    for _ in range(3):
+        clock.now += CROWDED_FOR / 2
+        crowd(pressure)
+    assert pressure.crowded  # crowded again and again, for 1.5 x CROWDED_FOR
+    clock.now += CROWDED_FOR / 2
+    assert pressure.crowded  # between bunches of answers it still is
+    clock.now += CROWDED_FOR
+    assert not pressure.crowded  # no crowding for longer than CROWDED_FOR: over
+
+
+def test_a_stall_shorter_than_the_window_is_not_a_burst() -> None:
+    clock = Clock()
+    pressure = IngestPressure(clock=clock)
+    for _ in range(4):
+        clock.now += CROWDED_FOR / 5
+        crowd(pressure)
+    assert not pressure.crowded  # 0.6 x CROWDED_FOR of crowding
+    clock.now += 2 * CROWDED_FOR
+    crowd(pressure)  # a new stall starts a new episode
+    assert not pressure.crowded
+
+
+def test_a_share_of_one_turns_pacing_off() -> None:
+    clock = Clock()
+    pressure = IngestPressure(share=1.0, clock=clock)
+    for _ in range(10):
+        clock.now += CROWDED_FOR / 2
+        crowd(pressure)
+    assert not pressure.crowded
+
+
+@pytest.mark.parametrize(
+    ("share", "worked", "pause"),
+    [(0.25, 0.01, 0.03), (0.1, 0.001, 0.009), (0.25, 1.0, LONGEST_PAUSE)],
+)
+async def test_background_work_pauses_for_its_share_only_while_crowded(
+    monkeypatch: pytest.MonkeyPatch, share: float, worked: float, pause: float
+) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    clock = Clock()
+    pressure = IngestPressure(share=share, clock=clock)
+    await pressure.give_way(worked)
+    assert slept == []  # not crowded: no pause at all
+    for _ in range(4):  # crowded for 1.5 x CROWDED_FOR
+        clock.now += CROWDED_FOR / 2
+        crowd(pressure)
+    await pressure.give_way(worked)
+    assert slept == [pytest.approx(pause)]
