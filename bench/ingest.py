@@ -12,14 +12,14 @@ the load generator to the other.
 
 Machine speed drifts over tens of seconds, so the two servers are measured interleaved,
 not one after the other: both are started at once, each is warmed up once, then
-``rounds`` rounds load each for ``slice`` seconds (2 s slices, as many rounds as fit the
-duration; ``--quick``: 2 rounds of 1 s), the order alternating each round (bare then
+``rounds`` rounds load each for ``slice`` seconds (2 s slices, an even number of rounds
+filling the duration; ``--quick``: 2 rounds of 1 s), the order alternating (bare then
 router, router then bare, ...) so a linear drift cancels. The server not under load is
 frozen with SIGSTOP (its whole process group) and resumed with SIGCONT for its own
 slices, so the router's background routing of its backlog never runs during a bare
 slice. Per server: requests/s = all answers / all measured seconds; p50 and p99 = the
-median of the per-slice p50 and p99 (p99 = median of per-slice p99). The per-round
-ratios are reported next to the headline ratio (total router req/s / total bare req/s).
+median of the per-slice p50 and p99. The per-round ratios are reported next to the
+headline ratio (total router req/s / total bare req/s).
 
 After the run, the number of events in the router's SQLite ``events`` table is checked
 against the number of 202 answers it gave (warm-up and every slice).
