@@ -28,7 +28,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -41,6 +40,9 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+
+from bench.bare_server import serve
+from bench.ingest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENT_FILE = ROOT / "examples" / "events" / "course_completed.json"
@@ -86,13 +88,7 @@ def serve_receiver(port: int) -> None:
     app = web.Application()
     app.router.add_post("/{name}", post)
     app.router.add_get("/counts", get_counts)
-    try:
-        import uvloop  # the router's loop when installed
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = None
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=loop)
+    serve(app, port)
 
 
 class Receiver:
@@ -141,12 +137,6 @@ class Receiver:
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None, str]:

@@ -34,6 +34,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from bench.bare_server import serve
 from bench.ingest import (
     ROOT,
     BenchError,
@@ -104,13 +105,7 @@ def serve_receiver(port: int) -> None:
     app.router.add_post("/hook", post)
     app.router.add_get("/stats", stats)
     app.router.add_get("/count", count)
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = None
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=loop)
+    serve(app, port)
 
 
 class Receiver:
