@@ -80,6 +80,41 @@ async def test_duplicates_within_window_and_in_one_batch(store: SqliteStore) -> 
     assert later[0].duplicate is False
 
 
+async def test_duplicate_check_survives_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    now = time.time()
+    first = open_store(path)
+    await first.open()
+    await first.accept_events([("old", "e", b"{}")], dedupe_window=60, now=now - 100)
+    await first.accept_events([("x", "e", b"{}"), ("x", "e", b"{}")], dedupe_window=60, now=now)
+    await first.close()
+    second = open_store(path)
+    await second.open()
+    answers = await second.accept_events(
+        [("x", "e", b"{}"), ("old", "e", b"{}"), ("new", "e", b"{}")],
+        dedupe_window=60,
+        now=now + 30,
+    )
+    assert [a.duplicate for a in answers] == [True, False, False]
+    # The window counts from the first copy, not from the duplicate.
+    again = await second.accept_events([("x", "e", b"{}")], dedupe_window=60, now=now + 61)
+    assert again[0].duplicate is False
+    await second.close()
+
+
+async def test_an_event_whose_write_failed_is_not_a_duplicate_later(store: SqliteStore) -> None:
+    now = time.time()
+    with pytest.raises(sqlite3.IntegrityError):  # the second item breaks the batch
+        await store.accept_events(
+            [("a", "e", b"{}"), ("b", None, b"{}")],  # type: ignore[list-item]
+            dedupe_window=60,
+            now=now,
+        )
+    [retry] = await store.accept_events([("a", "e", b"{}")], dedupe_window=60, now=now + 1)
+    assert retry.duplicate is False
+    assert (await store.counts()).events_pending == 1
+
+
 async def test_routing_and_claims_with_leases(store: SqliteStore, tmp_path: Path) -> None:
     now = time.time()
     await store.accept_events([("ev", "e", b'{"metadata": {}}')], dedupe_window=60, now=now)

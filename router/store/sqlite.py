@@ -31,6 +31,7 @@ from router.store.base import (
     RoutedEvent,
     StoreCounts,
 )
+from router.store.recent_ids import RecentIds
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX deliveries_by_event ON deliveries (event_seq);
     CREATE INDEX digest_events_by_event ON digest_events (event_seq);
     """,
+    # The duplicate check moved into memory (RecentIds): this index only cost inserts.
+    "DROP INDEX events_by_id",
 ]
 
 _STATES = ("pending", "delivered", "logged", "dead")
@@ -142,6 +145,7 @@ class SqliteStore:
         self._event_leases: dict[int, float] = {}
         self._delivery_leases: dict[int, float] = {}
         self._digest_leases: dict[int, float] = {}
+        self._recent_ids: RecentIds | None = None  # loaded by the first accept
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -221,6 +225,8 @@ class SqliteStore:
             dict(self._delivery_leases),
             dict(self._digest_leases),
         )
+        if self._recent_ids is not None:
+            self._recent_ids.begin()
         try:
             conn.execute("BEGIN IMMEDIATE")
             results = [(future, True, operation(conn)) for operation, future in batch]
@@ -231,6 +237,8 @@ class SqliteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._event_leases, self._delivery_leases, self._digest_leases = leases
+            if self._recent_ids is not None:
+                self._recent_ids.rollback()
             if len(batch) == 1:
                 if isinstance(exc, sqlite3.OperationalError):
                     log.error("store write failed: %s", exc)
@@ -250,26 +258,38 @@ class SqliteStore:
         self, events: list[tuple[str, str, bytes]], *, dedupe_window: float, now: float
     ) -> list[Accepted]:
         def op(conn: sqlite3.Connection) -> list[Accepted]:
+            recent = self._recent(conn, dedupe_window, now)
             answers = []
             for event_id, name, payload in events:
-                seen = conn.execute(
-                    "SELECT 1 FROM events WHERE id = ? AND received_at >= ?"
-                    " AND state != 'duplicate' LIMIT 1",
-                    (event_id, now - dedupe_window),
-                ).fetchone()
+                duplicate = recent.seen_since(event_id, now - dedupe_window)
                 cursor = conn.execute(
                     "INSERT INTO events (id, name, received_at, state) VALUES (?,?,?,?)",
-                    (event_id, name, now, "duplicate" if seen else "pending"),
+                    (event_id, name, now, "duplicate" if duplicate else "pending"),
                 )
-                if not seen:
+                if not duplicate:
+                    recent.add(event_id, now)
                     conn.execute(
                         "INSERT INTO event_payloads (seq, payload) VALUES (?,?)",
                         (cursor.lastrowid, payload),
                     )
-                answers.append(Accepted(id=event_id, duplicate=bool(seen)))
+                answers.append(Accepted(id=event_id, duplicate=duplicate))
             return answers
 
         return await self._call(op)
+
+    def _recent(self, conn: sqlite3.Connection, window: float, now: float) -> RecentIds:
+        """The duplicate check, read from the events table by the first accept."""
+        recent = self._recent_ids
+        if recent is None:
+            rows = conn.execute(
+                "SELECT id, received_at FROM events"
+                " WHERE received_at >= ? AND state != 'duplicate' ORDER BY seq",
+                (now - window,),
+            )
+            recent = self._recent_ids = RecentIds(rows, window=window, now=now)
+            recent.begin()
+        recent.window = max(recent.window, window)
+        return recent
 
     async def claim_events(self, limit: int, *, lease: float, now: float) -> list[InboxEvent]:
         def op(conn: sqlite3.Connection) -> list[InboxEvent]:
