@@ -156,7 +156,7 @@ class Dispatcher:
         """Claim and attempt due deliveries until ``drain`` is called."""
         while not self._stopping:
             if self.pressure.crowded:
-                await asyncio.sleep(CROWDED_PAUSE)  # a burst: let ingest have the CPU
+                await self.pressure.pause(CROWDED_PAUSE)  # a burst: let ingest have the CPU
             self._wake.clear()
             timeout = POLL_SECONDS
             try:

@@ -4,6 +4,9 @@ An event answered 202 is already durable, so the router can take Canvas' burst a
 full speed and catch up on routing and delivery afterwards. While many ingest
 requests have been in flight for a while (the sign that the CPU is the limit),
 background work gets at most ``share`` of the time; with spare CPU it runs flat out.
+A pause after which ingest has caught up ends the burst: then the pile-up came from
+the background work itself (routing and delivery needing the whole CPU at a steady
+offered rate), and holding that work back would only let the backlog grow.
 """
 
 import asyncio
@@ -57,4 +60,12 @@ class IngestPressure:
         """After ``worked`` seconds of background work, pause so that it gets at
         most ``share`` of the time while ingest is crowded."""
         if self.crowded:
-            await asyncio.sleep(min(LONGEST_PAUSE, worked * (1 - self.share) / self.share))
+            await self.pause(min(LONGEST_PAUSE, worked * (1 - self.share) / self.share))
+
+    async def pause(self, seconds: float) -> None:
+        """Let ingest have the CPU for ``seconds``. If it caught up meanwhile (fewer
+        than ``CROWDED`` requests in flight), ingest alone does not saturate the CPU:
+        the burst is over."""
+        await asyncio.sleep(seconds)
+        if self.in_flight < CROWDED:
+            self._episode_last = -1.0

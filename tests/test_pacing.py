@@ -96,3 +96,29 @@ async def test_background_work_pauses_for_its_share_only_while_crowded(
         crowd(pressure)
     await pressure.give_way(worked)
     assert slept == [pytest.approx(pause)]
+
+
+async def test_a_pause_after_which_ingest_has_caught_up_ends_the_burst(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    pressure = IngestPressure(share=0.25, clock=clock)
+    ingest_keeps_up = False
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+        while ingest_keeps_up and pressure.in_flight:
+            pressure.leave()
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    for _ in range(4):
+        clock.now += CROWDED_FOR / 2
+        crowd(pressure)
+    for _ in range(CROWDED):
+        pressure.enter()
+    await pressure.pause(0.01)
+    assert pressure.crowded  # a saturating flood: still crowded after the pause
+    ingest_keeps_up = True
+    await pressure.pause(0.01)
+    assert pressure.in_flight == 0
+    assert not pressure.crowded  # ingest caught up: background work resumes
