@@ -102,6 +102,16 @@ class Channel:
         #: client library with its own timeouts should use this.
         self.timeout = timeout
 
+    @classmethod
+    def renders_message(cls, config: ChannelConfig) -> bool:
+        """Whether a channel with this config sends the rendered message.
+
+        Return False when it sends only the raw event (``message.event``): routing then
+        skips the template for it, and ``title``, ``text`` and ``blocks`` stay empty.
+        Rendering is most of what routing costs, so say so when it is wasted.
+        """
+        return True
+
     def log_only_reason(self) -> str | None:
         """Return why this channel cannot really send (e.g. "no url configured"), or None.
 

@@ -289,6 +289,9 @@ def _print_report(report: EventReport, explain: bool) -> None:
         if "error" in message:
             click.echo(f"      error: {message['error']}")
             continue
+        if message["template"] is None:
+            click.echo("      sends the raw event (no template)")
+            continue
         click.echo(f"      title: {message['title']}")
         for line in message["text"].splitlines() or [""]:
             click.echo(f"      | {line}")

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 64  # small enough not to hold up ingest requests for long
 LEASE_SECONDS = 60.0
+NOT_RENDERED = b'{"template":null}'  # the message of a channel that sends the raw event
 
 
 def delivery_key(event_id: str, rule: str, channel: str) -> str:
@@ -146,8 +147,10 @@ class Router:
         so it lands in the dead letters instead of vanishing."""
         key = delivery_key(event.id, rule.name, channel)
         try:
-            ctype = self.rules.channels[channel].type.name
-            name = self.templates.resolve(rule.template, event.name, ctype)
+            definition = self.rules.channels[channel]
+            if not definition.type.cls.renders_message(definition.config):
+                return NewDelivery(key, rule.name, channel, NOT_RENDERED, throttle=throttle)
+            name = self.templates.resolve(rule.template, event.name, definition.type.name)
             message = self._render(name, {**variables, "rule": rule.name, "channel": channel})
             return NewDelivery(key, rule.name, channel, message, throttle=throttle)
         except RenderError as exc:

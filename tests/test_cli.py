@@ -139,11 +139,12 @@ RULES_FOR_TEST = """\
 version: 1
 channels:
   hook: {type: webhook}
+  raw: {type: webhook, body: event}
 rules:
   - name: completions
     events: [course_completed]
     match: {body.progress.requirement_count: {gt: 0}}
-    notify: [hook]
+    notify: [hook, raw]
   - name: big-courses
     events: [course_completed]
     match: {body.progress.requirement_count: {gt: 100}}
@@ -175,6 +176,8 @@ def test_router_test_shows_matches_messages_and_reasons(tmp_path: Path) -> None:
     )
     assert "  + completions -> hook" in lines
     assert "      title: Isaac Newton completed Computer Science I" in lines
+    raw = lines.index("  + completions -> raw")
+    assert lines[raw + 1] == "      sends the raw event (no template)"
     assert "  - big-courses: body.progress.requirement_count gt 100: got 6" in lines
     assert "  - syllabus: events ['syllabus_updated'] do not select 'course_completed'" in lines
     assert "  + syllabus: joins digest group {'body.course_id': '21070000000000565'}" in lines

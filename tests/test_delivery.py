@@ -1,6 +1,7 @@
 """From accepted event to receiver: signatures, retries, dead letters, isolation."""
 
 import asyncio
+import shutil
 import textwrap
 import time
 from pathlib import Path
@@ -10,8 +11,15 @@ import pytest
 from aiohttp import web
 
 from router.appkeys import STORE
-from tests.conftest import ServiceFactory, StoreDB, all_examples, example, webhook_rules
-from tests.receiver import WebhookReceiver
+from tests.conftest import (
+    ROOT,
+    ServiceFactory,
+    StoreDB,
+    all_examples,
+    example,
+    webhook_rules,
+)
+from tests.receiver import SECRET, WebhookReceiver
 
 
 def deliveries(store_db: StoreDB) -> list[dict[str, Any]]:
@@ -150,6 +158,7 @@ async def test_template_failure_is_a_dead_letter_naming_template_and_line(
 
 BROKEN_PLUGIN = """
 import asyncio
+import shutil
 from router import Channel, hookimpl
 from router.channels import ChannelConfig
 
@@ -315,3 +324,48 @@ async def test_a_receivers_cookie_does_not_follow_later_deliveries(
     [got] = await receiver.wait_for(1)
     assert receiver.requests == 2  # the 503 with its cookie, then the retry
     assert "Cookie" not in got.headers
+
+
+async def test_a_raw_event_channel_skips_the_template(
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB, tmp_path: Path
+) -> None:
+    # A template that fails whenever it is rendered: the "message" channel's delivery
+    # is born dead, while the "event" channel never renders it and delivers.
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    (tmp_path / "templates" / "broken.j2").write_text("{{ no_such_variable.attribute }}")
+    rules = textwrap.dedent(
+        f"""\
+        version: 1
+        channels:
+          raw:
+            type: webhook
+            url: "{receiver.url}"
+            secret: "{SECRET}"
+            body: event
+          rendered:
+            type: webhook
+            url: "{receiver.url}"
+            secret: "{SECRET}"
+        rules:
+          - name: broken
+            events: [course_completed]
+            notify: [raw, rendered]
+            template: broken
+        """
+    )
+    client = await service(rules)
+    event = example("course_completed")
+    await client.post("/events", json=event)
+    [got] = await receiver.wait_for(1)
+    assert got.body == event
+    await until(
+        lambda: (
+            {d["channel"]: d["state"] for d in deliveries(store_db)}
+            == {
+                "raw": "delivered",
+                "rendered": "dead",
+            }
+        )
+    )
+    dead = next(d for d in deliveries(store_db) if d["channel"] == "rendered")
+    assert "broken.j2" in dead["last_error"]

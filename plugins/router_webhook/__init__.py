@@ -6,7 +6,7 @@ Written exactly as a third-party plugin would be: it registers through the
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import aiohttp
 import orjson
@@ -63,19 +63,23 @@ class WebhookChannel(Channel):
     async def close(self) -> None:
         await self._session.close()
 
+    @classmethod
+    def renders_message(cls, config: ChannelConfig) -> bool:
+        return not (isinstance(config, WebhookConfig) and config.body == "event")
+
     def payload(self, message: Message) -> bytes:
-        """The request body: the template's ``json`` block if it has one, else an envelope."""
+        """The request body: the raw event (``body: event``), else the template's
+        ``json`` block if it has one, else an envelope."""
+        if self.config.body == "event":
+            return orjson.dumps(message.event)
         if "json" in message.blocks:
             try:
                 orjson.loads(message.blocks["json"])
             except orjson.JSONDecodeError as exc:
                 raise PermanentError(f"template block 'json' is not valid JSON: {exc}") from None
             return message.blocks["json"].encode()
-        body: dict[str, Any]
-        if self.config.body == "event":
-            body = message.event
-        else:
-            body = {
+        return orjson.dumps(
+            {
                 "id": message.key,
                 "event_id": message.event_id,
                 "event_name": message.event_name,
@@ -85,7 +89,7 @@ class WebhookChannel(Channel):
                 "text": message.text,
                 "event": message.event,
             }
-        return orjson.dumps(body)
+        )
 
     async def send(self, message: Message) -> None:
         payload = self.payload(message)
