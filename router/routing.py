@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 BATCH = 64  # small enough not to hold up ingest requests for long
 LEASE_SECONDS = 60.0
+DIGEST_BATCH = 32
+DIGEST_POLL = 1.0  # digests wait minutes: looking for due groups once a second is plenty
 NOT_RENDERED = b'{"template":null}'  # the message of a channel that sends the raw event
 
 
@@ -227,6 +229,8 @@ class RoutingWorker:
         self.observe = observe
         self.pressure = pressure or IngestPressure(share=1.0)
         self._wake = asyncio.Event()
+        self._digests_checked = -DIGEST_POLL  # time.monotonic() of the last full look
+        self._joined_digest = False
 
     def wake(self) -> None:
         """Called after events are accepted."""
@@ -238,7 +242,14 @@ class RoutingWorker:
             self._wake.clear()
             try:
                 routed = await self.route_once()
-                routed += await self.flush_digests()
+                # Not on every round (at a trickle of events, one more store round trip
+                # per event): when events joined a group (it may be full), or once a second.
+                joined, self._joined_digest = self._joined_digest, False
+                if joined or time.monotonic() - self._digests_checked >= DIGEST_POLL:
+                    flushed = await self.flush_digests()
+                    if flushed < DIGEST_BATCH:  # else more may be due: look again at once
+                        self._digests_checked = time.monotonic()
+                    routed += flushed
             except Exception:
                 log.exception("routing batch failed; retrying in 1s")
                 await asyncio.sleep(1.0)
@@ -278,6 +289,7 @@ class RoutingWorker:
                 self.metrics.rule_matches.labels(rule.name).inc()
             for entry in decision.routed.digests:
                 self.metrics.digested.labels(entry.rule).inc()
+                self._joined_digest = True
             log.debug(
                 "event routed",
                 extra={
@@ -337,7 +349,9 @@ class RoutingWorker:
 
     async def flush_digests(self) -> int:
         """Send the digest groups that are due; return how many were sent."""
-        due = await self.store.claim_due_digests(32, lease=LEASE_SECONDS, now=self.clock())
+        due = await self.store.claim_due_digests(
+            DIGEST_BATCH, lease=LEASE_SECONDS, now=self.clock()
+        )
         router = self.router()
         for digest in due:
             jobs = router.digest_jobs(digest)

@@ -128,3 +128,27 @@ async def test_open_digest_survives_a_restart(
     [got] = await receiver.wait_for(1, timeout=6)
     assert got.body["title"] == "2 changes in D"
     assert got.webhook_id.startswith("digest-")
+
+
+async def test_routing_looks_for_due_digests_once_a_second_not_per_event(
+    service: ServiceFactory, receiver: WebhookReceiver
+) -> None:
+    from router.appkeys import STORE
+
+    every = "- {name: completions, events: [course_completed], notify: [hook]}\n"
+    client = await service(rules(receiver.url, every))
+    store = client.app[STORE]
+    looks = 0
+    claim_due_digests = store.claim_due_digests
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal looks
+        looks += 1
+        return await claim_due_digests(*args, **kwargs)
+
+    store.claim_due_digests = counted  # type: ignore[method-assign]
+    started = time.monotonic()
+    for n in range(10):  # one at a time: a routing round each
+        await client.post("/events", json=completed(str(n), "1"))
+        await receiver.wait_for(n + 1)
+    assert looks <= 1 + int(time.monotonic() - started), looks
