@@ -3,6 +3,7 @@ limit per channel, timeouts, retries with exponential backoff and full jitter
 (honouring ``Retry-After``), and dead letters for what cannot be delivered."""
 
 import asyncio
+import enum
 import logging
 import random
 import time
@@ -23,6 +24,15 @@ from router.store import DeliveryJob, Store
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+
+
+class Unknown(enum.Enum):
+    """Not known yet: ask the store."""
+
+    UNKNOWN = enum.auto()
+
+
+UNKNOWN = Unknown.UNKNOWN
 # Claim up to this many times a channel's concurrency at once: fewer, larger claims
 # keep the store's commit latency off the delivery path.
 PREFETCH = 4
@@ -56,6 +66,9 @@ class ChannelRuntime:
     instance: Channel
     broken: str | None = None
     claimed: int = 0
+    #: The last claim took every due job: claim again only when woken from outside
+    #: (new jobs) or when the poll interval has passed (retries come due).
+    drained: bool = False
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     slots: asyncio.Semaphore = field(init=False)
 
@@ -147,42 +160,59 @@ class Dispatcher:
         self.channels: dict[str, ChannelRuntime] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        self._next_retry: float | Unknown | None = UNKNOWN  # when the next retry is due
 
     def wake(self) -> None:
-        """Called when deliveries were created or a slot freed up."""
+        """Called when deliveries were created (or another replica says so)."""
+        self._undrain()
         self._wake.set()
 
+    def _undrain(self) -> None:
+        for runtime in self.channels.values():
+            runtime.drained = False
+
     async def run(self) -> None:
-        """Claim and attempt due deliveries until ``drain`` is called."""
+        """Claim and attempt due deliveries until ``drain`` is called.
+
+        Store round trips are kept to what can find work: at a trickle of events,
+        an empty claim after every delivery and a look for the next retry after every
+        idle round would double the store traffic per delivery.
+        """
         while not self._stopping:
             if self.pressure.crowded:
                 await self.pressure.pause(CROWDED_PAUSE)  # a burst: let ingest have the CPU
             self._wake.clear()
-            timeout = POLL_SECONDS
             try:
                 await self._claim_round()
-                # Busy channels wake us as jobs finish; only an idle dispatcher needs
-                # to know when the next retry falls due.
-                if not any(runtime.claimed for runtime in self.channels.values()):
-                    due = await self.store.next_due(list(self.channels))
-                    if due is not None and due > self.clock():
-                        timeout = min(POLL_SECONDS, due - self.clock())
+                # The store is asked for the next retry once; later retries are the
+                # ones this dispatcher records (_record keeps _next_retry).
+                idle = not any(runtime.claimed for runtime in self.channels.values())
+                if idle and self._next_retry is UNKNOWN:
+                    self._next_retry = await self.store.next_due(list(self.channels))
             except Exception:
                 log.exception("dispatcher round failed; retrying in 1s")
+            timeout = POLL_SECONDS
+            retry = self._next_retry
+            if isinstance(retry, float) and retry > self.clock():
+                timeout = min(POLL_SECONDS, retry - self.clock())
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
             except TimeoutError:
-                pass
+                self._undrain()  # time passed: retries may have come due
+                if isinstance(retry, float) and retry <= self.clock():
+                    self._next_retry = UNKNOWN
 
     async def _claim_round(self) -> None:
         for runtime in list(self.channels.values()):
-            if not runtime.wants_jobs or self._stopping:
+            if not runtime.wants_jobs or runtime.drained or self._stopping:
                 continue
             lease = runtime.definition.options.timeout * PREFETCH + 30.0
+            free = runtime.free
             jobs = await self.store.claim_deliveries(
-                runtime.name, runtime.free, lease=lease, now=self.clock()
+                runtime.name, free, lease=lease, now=self.clock()
             )
+            runtime.drained = len(jobs) < free
             for job in jobs:
                 runtime.claimed += 1
                 task = asyncio.create_task(self._attempt(runtime, job))
@@ -216,7 +246,9 @@ class Dispatcher:
             log.exception("recording a delivery outcome failed", extra={"key": job.key})
         finally:
             runtime.claimed -= 1
-            if runtime.wants_jobs:  # not after every job: claims come in batches
+            # Not after every job (claims come in batches), and not when the last
+            # claim found nothing more.
+            if runtime.wants_jobs and not runtime.drained:
                 self._wake.set()
 
     async def _attempt_unguarded(self, runtime: ChannelRuntime, job: DeliveryJob) -> None:
@@ -307,6 +339,10 @@ class Dispatcher:
                 )
             else:
                 status = "retry"
+                due = now + retry_in
+                known = self._next_retry
+                self._next_retry = min(due, known) if isinstance(known, float) else due
+                self._wake.set()  # the loop may be waiting past ``due``: it recomputes
                 await self.store.finish_delivery(
                     job.id,
                     "pending",

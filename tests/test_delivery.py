@@ -4,6 +4,7 @@ import asyncio
 import shutil
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +69,12 @@ async def test_retry_then_success_with_same_idempotency_key(
 ) -> None:
     receiver.script.extend([(503, {}), (500, {}), (408, {})])
     client = await service(webhook_rules(receiver.url))
+    started = time.monotonic()
     await client.post("/events", json=example("course_created"))
     [got] = await receiver.wait_for(1)
     assert receiver.requests == 4
+    # Backoff is at most 0.2 s here: each retry is timed, not left to the 1 s poll.
+    assert time.monotonic() - started < 2.0
     await until(lambda: first_state(store_db) == "delivered")
     [row] = deliveries(store_db)
     assert row["attempts"] == 4 and row["key"] == got.webhook_id
@@ -369,3 +373,28 @@ async def test_a_raw_event_channel_skips_the_template(
     )
     dead = next(d for d in deliveries(store_db) if d["channel"] == "rendered")
     assert "broken.j2" in dead["last_error"]
+
+
+async def test_a_trickle_of_deliveries_asks_the_store_only_what_can_find_work(
+    service: ServiceFactory, receiver: WebhookReceiver
+) -> None:
+    client = await service(webhook_rules(receiver.url))
+    store = client.app[STORE]
+    calls: Counter[str] = Counter()
+    for name in ("claim_deliveries", "next_due"):
+        method = getattr(store, name)
+
+        async def counted(*args: Any, _name: str = name, _method: Any = method, **kw: Any) -> Any:
+            calls[_name] += 1
+            return await _method(*args, **kw)
+
+        setattr(store, name, counted)
+    started = time.monotonic()
+    for n in range(10):  # one at a time: each delivery finds the dispatcher idle
+        await client.post("/events", json=example("course_created") | {"n": n})
+        await receiver.wait_for(n + 1)
+    polls = int(time.monotonic() - started) + 1
+    # One claim per delivery plus the polls; no empty claim after each delivery, and
+    # no look for the next retry after each one.
+    assert calls["claim_deliveries"] <= 10 + polls, calls
+    assert calls["next_due"] <= 1, calls
