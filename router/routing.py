@@ -240,6 +240,7 @@ class RoutingWorker:
         """Route until cancelled."""
         while True:
             self._wake.clear()
+            flushed = 0
             try:
                 routed = await self.route_once()
                 # Not on every round (at a trickle of events, one more store round trip
@@ -247,16 +248,17 @@ class RoutingWorker:
                 joined, self._joined_digest = self._joined_digest, False
                 if joined or time.monotonic() - self._digests_checked >= DIGEST_POLL:
                     flushed = await self.flush_digests()
-                    if flushed < DIGEST_BATCH:  # else more may be due: look again at once
+                    if flushed < DIGEST_BATCH:
                         self._digests_checked = time.monotonic()
-                    routed += flushed
             except Exception:
                 log.exception("routing batch failed; retrying in 1s")
                 await asyncio.sleep(1.0)
                 continue
-            if routed:
+            if routed or flushed:
                 self.on_routed()
-                continue
+            if routed >= BATCH or flushed >= DIGEST_BATCH:
+                continue  # a full batch: more may be waiting. Else wait to be woken
+                # (events accepted meanwhile have set the wake already).
             try:
                 async with asyncio.timeout(1.0):
                     await self._wake.wait()
