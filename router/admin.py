@@ -16,7 +16,7 @@ from typing import Any, get_args
 import orjson
 from aiohttp import web
 
-from router.appkeys import LIVE, SETTINGS, STORE
+from router.appkeys import DISPATCHER, LIVE, SETTINGS, STORE
 from router.redact import Redactor
 from router.rules import parse_duration
 from router.store import DeliveryRecord
@@ -346,6 +346,8 @@ async def post_replay(request: web.Request) -> web.Response:
     except BadQuery as exc:
         return _bad(exc)
     count = await request.app[STORE].replay(now=time.time(), **selector.store_args())
+    if count:
+        request.app[DISPATCHER].wake()
     if form:  # the status page: back to it, saying what happened
         raise web.HTTPSeeOther(f"/?replayed={count}")
     return _json({"replayed": count})

@@ -436,7 +436,9 @@ async def test_a_late_result_does_not_undo_a_final_one(store: PostgresStore) -> 
 # -- wake-ups -------------------------------------------------------------------------
 
 
-async def test_subscribers_hear_other_replicas_work(store: PostgresStore, pg_schema: str) -> None:
+async def test_subscribers_hear_other_replicas_work_not_their_own(
+    store: PostgresStore, pg_schema: str
+) -> None:
     heard: asyncio.Queue[str] = asyncio.Queue()
     unsubscribe = await store.subscribe(heard.put_nowait)
     other = PostgresStore(store_url(pg_schema))
@@ -460,6 +462,9 @@ async def test_subscribers_hear_other_replicas_work(store: PostgresStore, pg_sch
         store._listener.terminate()
         assert await asyncio.wait_for(heard.get(), 5) == "events"
         assert await asyncio.wait_for(heard.get(), 5) == "deliveries"
+        await accept(store, "own", now=now)  # its own work: its workers know already
+        await asyncio.sleep(0.3)
+        assert heard.empty()
         await unsubscribe()
         await accept(other, "c", now=now)
         await asyncio.sleep(0.3)

@@ -45,8 +45,8 @@ such as ``application_name=...``; by default it is ``router <replica>``, so that
 
 An addition to the ``Store`` protocol: ``subscribe(callback)`` listens (LISTEN) for
 the NOTIFY that every replica sends after accepting events and after creating or
-requeueing deliveries, so that idle workers can wake at once instead of at their next
-poll. Polling still works without it.
+requeueing deliveries, so that other replicas' idle workers can wake at once instead of
+at their next poll. Polling still works without it.
 """
 
 import asyncio
@@ -244,7 +244,7 @@ payloads AS (
     INSERT INTO event_payloads (seq, payload) SELECT seq, payload FROM batch WHERE fresh
 ),
 notified AS MATERIALIZED (
-    SELECT pg_notify($6, 'events') FROM (SELECT 1 FROM batch WHERE fresh LIMIT 1) AS any_new
+    SELECT pg_notify($6, $7) FROM (SELECT 1 FROM batch WHERE fresh LIMIT 1) AS any_new
 )
 SELECT array_agg(fresh ORDER BY ord), (SELECT count(*) FROM notified) FROM batch
 """
@@ -488,10 +488,11 @@ class PostgresStore:
     # -- wake-ups (an addition to the Store protocol) ----------------------------------
 
     async def subscribe(self, callback: WakeCallback) -> Callable[[], Awaitable[None]]:
-        """Call ``callback(kind)`` whenever any replica on this schema (this one too)
+        """Call ``callback(kind)`` whenever another replica (or CLI) on this schema
         NOTIFYs: ``"events"`` after accepting new events (routing workers should
         claim), ``"deliveries"`` after creating or requeueing deliveries (dispatchers
-        should claim). The callback runs in the event loop and must not block.
+        should claim). A replica's own notices are not passed on: it has woken its
+        own workers already. The callback runs in the event loop and must not block.
 
         Notifications are a hint, never the only trigger: if the listening connection
         is lost, it is re-opened in the background and every callback then hears both
@@ -515,8 +516,17 @@ class PostgresStore:
         conn.add_termination_listener(self._listener_lost)
         self._listener = conn
 
+    def _notice(self, kind: str) -> str:
+        """A NOTIFY payload: the kind and the replica that sends it."""
+        return f"{kind} {self.replica}"
+
+    async def _notify(self, conn: Any, kind: str) -> None:
+        await conn.execute("SELECT pg_notify($1, $2)", self.channel, self._notice(kind))
+
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self._wake(payload)
+        kind, _, sender = payload.partition(" ")
+        if sender != self.replica:  # this replica woke its own workers already
+            self._wake(kind)
 
     def _wake(self, *kinds: str) -> None:
         for callback in list(self._callbacks):
@@ -564,6 +574,7 @@ class PostgresStore:
                 now,
                 dedupe_window,
                 self.channel,
+                self._notice(EVENTS),
             )
         return [Accepted(id=i, duplicate=not new) for i, new in zip(ids, fresh, strict=True)]
 
@@ -628,7 +639,7 @@ class PostgresStore:
                     _UPSERT_SNAPSHOTS, entities, [snapshots[e] for e in entities], now
                 )
             if any(d.error is None for _, d in jobs):
-                await conn.execute("SELECT pg_notify($1, $2)", self.channel, DELIVERIES)
+                await self._notify(conn, DELIVERIES)
         return suppressed
 
     async def _decide_throttles(
@@ -711,7 +722,7 @@ class PostgresStore:
                 [d.error for d in deliveries],
                 now,
             )
-            await conn.execute("SELECT pg_notify($1, $2)", self.channel, DELIVERIES)
+            await self._notify(conn, DELIVERIES)
 
     # -- deliveries ---------------------------------------------------------------------
 
@@ -813,7 +824,7 @@ class PostgresStore:
             )
             count = _rowcount(status)
             if count:
-                await conn.execute("SELECT pg_notify($1, $2)", self.channel, DELIVERIES)
+                await self._notify(conn, DELIVERIES)
         return count
 
     async def purge(
