@@ -12,6 +12,10 @@ in a subprocess pinned to its own core and answers 200 at once:
 * ``apprise``: ``Apprise.async_notify`` to ``json://127.0.0.1:PORT/apprise`` N times,
   at most ``--concurrency`` at once (the same limit as the router's channel), timed
   from the first call until all N returned; every one must succeed.
+* ``aiohttp client alone``: the floor, not a contender: N POSTs of the router's
+  payload from one aiohttp session, same concurrency, no store and no retries. The
+  output says how many times Apprise's rate it reaches, and what share of it the
+  router keeps.
 
     .venv/bin/python -m bench.delivery               # N = 2000
     .venv/bin/python -m bench.delivery --quick       # N = 300, CI smoke
@@ -242,7 +246,9 @@ async def run_router(n: int, concurrency: int, url: str, timeout: float) -> dict
     if states != {"delivered": n}:
         raise Broken(f"router: store holds {states}, expected {n} delivered")
     rendered = orjson.loads(message)
+    envelope = {"id": "bench", "title": rendered["title"], "text": rendered["text"]}
     return {
+        "body": orjson.dumps(envelope | {"event": bench_events(1)[0]}),
         "seconds": elapsed,
         "ok": states["delivered"],
         "retries": statuses["retry"],
@@ -284,6 +290,28 @@ async def run_apprise(
     return {"seconds": elapsed, "ok": ok, "version": apprise.__version__}
 
 
+# -- the floor: a bare aiohttp client ---------------------------------------------------
+
+
+async def run_bare(n: int, concurrency: int, url: str, body: bytes) -> dict[str, Any]:
+    """N POSTs of the router's payload from one aiohttp session, at most ``concurrency``
+    at once: no store, no retries, no template. What any sender here pays at least."""
+    slots = asyncio.Semaphore(concurrency)
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> bool:
+            async with slots, session.post(f"{url}/bare", data=body, headers=headers) as resp:
+                return resp.status == 200
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*(one() for _ in range(n)))
+        elapsed = time.perf_counter() - started
+    if not all(results):
+        raise Broken(f"bare client: {results.count(False)} of {n} requests failed")
+    return {"seconds": elapsed, "ok": n}
+
+
 # -- driver -------------------------------------------------------------------------
 
 
@@ -310,9 +338,12 @@ async def run(args: argparse.Namespace, receiver: Receiver, plan: str) -> int:
             args.n, args.concurrency, receiver.url, router["title"], router["text"], args.timeout
         )
         rows["apprise (async_notify, json://)"] = apprise_row
+        bare = await run_bare(args.n, args.concurrency, receiver.url, router["body"])
+        rows["aiohttp client alone (no store, no retries)"] = bare
         counts = await receiver.counts(session)
     router["received"] = counts.get("/router", 0)
     apprise_row["received"] = counts.get("/apprise", 0)
+    bare["received"] = counts.get("/bare", 0)
     print(
         f"N = {args.n}, concurrency {args.concurrency}, {plan}; router store: SQLite"
         f" journal_mode={router['journal']}, synchronous=FULL; apprise {apprise_row['version']}"
@@ -321,6 +352,9 @@ async def run(args: argparse.Namespace, receiver: Receiver, plan: str) -> int:
     print(table(rows, args.n))
     print()
     ratio = (args.n / router["seconds"]) / (args.n / apprise_row["seconds"])
+    floor = apprise_row["seconds"] / bare["seconds"]
+    share = bare["seconds"] / router["seconds"]
+    print(f"the aiohttp client alone = {floor:.2f} x apprise; the router = {share:.2f} x it")
     print(f"ratio (router/apprise) = {ratio:.2f} (target >= {TARGET_RATIO:g})")
     missing = [name for name, row in rows.items() if row["received"] != args.n]
     if missing:
