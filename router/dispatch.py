@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -277,6 +278,11 @@ class Dispatcher:
         if runtime.broken:
             error = runtime.broken
         elif log_only:
+            # What the channel would send: its message, or the event itself.
+            if definition.type.cls.renders_message(definition.config):
+                sent: dict[str, Any] = {"title": message.title, "text": message.text}
+            else:
+                sent = {"event": message.event}
             log.info(
                 "log-only channel: would send",
                 extra={
@@ -284,8 +290,7 @@ class Dispatcher:
                     "rule": job.rule,
                     "key": job.key,
                     "reason": log_only,
-                    "title": message.title,
-                    "text": message.text,
+                    **sent,
                 },
             )
         else:

@@ -28,9 +28,20 @@ class RedactingFilter(logging.Filter):
             record.exc_text = self.redactor(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         for key, value in list(record.__dict__.items()):
-            if key not in _STANDARD and isinstance(value, str):
-                setattr(record, key, self.redactor(value))
+            if key not in _STANDARD and isinstance(value, str | dict | list):
+                setattr(record, key, self._redact(value))
         return True
+
+    def _redact(self, value: Any) -> Any:
+        """Strings redacted, also inside dicts and lists (the event a log-only
+        channel shows); everything else as it is."""
+        if isinstance(value, str):
+            return self.redactor(value)
+        if isinstance(value, dict):
+            return {key: self._redact(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._redact(item) for item in value]
+        return value
 
 
 class JsonFormatter(logging.Formatter):

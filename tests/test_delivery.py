@@ -144,6 +144,20 @@ async def test_log_only_channel_records_what_it_would_send(
     assert record.reason == "no url configured"  # type: ignore[attr-defined]
 
 
+async def test_log_only_raw_event_channel_shows_the_event(
+    service: ServiceFactory, store_db: StoreDB, caplog: pytest.LogCaptureFixture
+) -> None:
+    rules = webhook_rules("", secret=None).replace("timeout: 5", "timeout: 5\n    body: event")
+    client = await service(rules)
+    caplog.set_level("INFO")
+    event = example("course_completed")
+    await client.post("/events", json=event)
+    await until(lambda: first_state(store_db) == "logged")
+    [record] = [r for r in caplog.records if r.getMessage() == "log-only channel: would send"]
+    assert record.event == event  # type: ignore[attr-defined]
+    assert not hasattr(record, "title")
+
+
 async def test_template_failure_is_a_dead_letter_naming_template_and_line(
     service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path, store_db: StoreDB
 ) -> None:

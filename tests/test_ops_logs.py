@@ -62,11 +62,12 @@ async def test_json_lines_one_per_event_and_outcome_without_secrets(
         channels:
           hook: {{type: webhook, url: "{receiver.url}", secret: "${{HOOK_SECRET}}"}}
           quiet: {{type: webhook}}
+          raw: {{type: webhook, body: event}}
         rules:
           - name: sections
             events: [course_section_created]
             match: {{metadata.user_login: "${{WATCH_LOGIN}}"}}
-            notify: [hook, quiet]
+            notify: [hook, quiet, raw]
             template: raw_url
         """
     )
@@ -76,9 +77,10 @@ async def test_json_lines_one_per_event_and_outcome_without_secrets(
     resp = await client.post("/events", json=event)
     [accepted] = (await resp.json())["accepted"]
     await receiver.wait_for(1)
-    await until_metric(
-        client, "router_deliveries_completed_total", 1, channel="quiet", result="logged"
-    )
+    for channel in ("quiet", "raw"):
+        await until_metric(
+            client, "router_deliveries_completed_total", 1, channel=channel, result="logged"
+        )
     await until_metric(
         client,
         "router_deliveries_completed_total",
@@ -100,6 +102,10 @@ async def test_json_lines_one_per_event_and_outcome_without_secrets(
         assert secret not in text
     # The Canvas URL was logged (the log-only channel's text) with its token masked.
     assert "access_token=***" in text
+    # The raw-event channel shows the event it would send, with secrets masked too.
+    [shown] = [line for line in lines if line.get("channel") == "raw" and "event" in line]
+    assert shown["event"]["metadata"]["event_name"] == "course_section_created"
+    assert shown["event"]["metadata"]["user_login"] == "***"
 
     accepted_lines = [line for line in lines if line["message"] == "event accepted"]
     assert [line["event_id"] for line in accepted_lines] == [accepted["id"]]
@@ -109,6 +115,7 @@ async def test_json_lines_one_per_event_and_outcome_without_secrets(
     assert sorted((line["message"], line["channel"]) for line in outcomes) == [
         ("delivery delivered", "hook"),
         ("delivery logged", "quiet"),
+        ("delivery logged", "raw"),
     ]
     for line in outcomes:
         assert line["event_id"] == accepted["id"]
