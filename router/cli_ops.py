@@ -254,7 +254,9 @@ def dlq_show(delivery_id: int, db: str | None, as_json: bool) -> None:
         ("last error", record["last_error"] or "-"),
     ]
     click.echo(table(("FIELD", "VALUE"), fields))
-    if isinstance(message, dict):
+    if isinstance(message, dict) and message.get("template", "") is None:
+        click.echo("\nmessage: the raw event (the channel renders no template)")
+    elif isinstance(message, dict):
         click.echo(f"\nmessage title: {message.get('title', '')}")
         for line in str(message.get("text", "")).splitlines():
             click.echo(f"  | {line}")
@@ -275,10 +277,17 @@ def _selector(ids: tuple[int, ...], everything: bool, **filters: str | None) -> 
     return selector
 
 
+def _selection_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """IDs, ``--all`` and the filters: which dead letters a replay or purge is about."""
+    function = _filter_options(function)
+    function = click.option(
+        "--all", "everything", is_flag=True, help="Every dead letter (narrowed by filters)."
+    )(function)
+    return click.argument("ids", type=int, nargs=-1, metavar="[ID]...")(function)
+
+
 @dlq.command("replay")
-@click.argument("ids", type=int, nargs=-1, metavar="[ID]...")
-@click.option("--all", "everything", is_flag=True, help="Every dead letter (narrowed by filters).")
-@_filter_options
+@_selection_options
 @_db_option
 @_json_option
 def dlq_replay(
@@ -301,9 +310,7 @@ def dlq_replay(
 
 
 @dlq.command("purge")
-@click.argument("ids", type=int, nargs=-1, metavar="[ID]...")
-@click.option("--all", "everything", is_flag=True, help="Every dead letter (narrowed by filters).")
-@_filter_options
+@_selection_options
 @_db_option
 @_json_option
 def dlq_purge(

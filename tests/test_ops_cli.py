@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from router.cli import cli
+from router.routing import NOT_RENDERED
 from router.store import NewDelivery, RoutedEvent
 from router.store.sqlite import SqliteStore
 from tests.conftest import ServiceFactory, example, webhook_rules
@@ -122,6 +123,27 @@ def test_dlq_list_and_show(db: str) -> None:
     assert ACCESS_TOKEN not in out
     code, out = run("dlq", "show", "1", "--db", db)  # delivered, not a dead letter
     assert code == 1 and "no dead letter 1" in out
+
+
+async def _fill_raw(path: Path) -> None:
+    """One event whose delivery to a raw-event channel (no template) is dead."""
+    store = SqliteStore(str(path))
+    await store.open()
+    event = ("e-raw", "course_created", orjson.dumps(example("course_created")))
+    await store.accept_events([event], dedupe_window=60, now=NOW)
+    [claimed] = await store.claim_events(1, lease=60, now=NOW)
+    dead = NewDelivery("e-raw:all:audit", "all", "audit", NOT_RENDERED, "HTTP 410 Gone")
+    await store.record_routing([RoutedEvent(claimed, [dead])], now=NOW + 1)
+    await store.close()
+
+
+def test_dlq_show_of_a_raw_event_channel(tmp_path: Path) -> None:
+    path = tmp_path / "raw.db"
+    asyncio.run(_fill_raw(path))
+    code, out = run("dlq", "show", "1", "--db", str(path))
+    assert code == 0, out
+    assert "message: the raw event (the channel renders no template)" in out
+    assert "message title" not in out
 
 
 def test_dlq_replay_and_purge(db: str, tmp_path: Path) -> None:
