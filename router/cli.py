@@ -95,7 +95,7 @@ def serve(**options: Any) -> None:
       ROUTER_DEDUPE_WINDOW (86400 s)  ROUTER_MAX_ATTEMPTS (10)  ROUTER_MAX_AGE (86400 s)
       ROUTER_BACKOFF_BASE (1 s)  ROUTER_BACKOFF_CAP (600 s)  ROUTER_SHUTDOWN_GRACE (10 s)
       ROUTER_SQLITE_SYNCHRONOUS (FULL|NORMAL)  ROUTER_PLUGINS_BLOCK (JSON list)
-      ROUTER_BACKGROUND_SHARE (0.25) CPU share of routing/delivery during an ingest burst
+      ROUTER_BACKGROUND_SHARE (0.1) CPU share of routing/delivery during an ingest burst
       ROUTER_TRACE_PLUGINS=1 logs every hook call
     """
     settings = _settings(**options)

@@ -23,7 +23,7 @@ LONGEST_PAUSE = 0.1
 class IngestPressure:
     """Counts ingest requests in flight and paces background work against them."""
 
-    def __init__(self, share: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, share: float = 0.1, clock: Callable[[], float] = time.monotonic) -> None:
         self.share = share
         self.clock = clock
         self.in_flight = 0

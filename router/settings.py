@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     backoff_base: float = Field(1.0, gt=0, description="first retry delay in seconds")
     backoff_cap: float = Field(600.0, gt=0, description="longest retry delay in seconds")
     background_share: float = Field(
-        0.25,
+        0.1,
         gt=0,
         le=1,
         description="share of the CPU routing and delivery get while ingest is saturated"
