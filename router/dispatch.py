@@ -25,6 +25,11 @@ from router.store import DeliveryJob, Store
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+# Claim up to this many times a channel's concurrency at once: fewer, larger claims
+# keep the store's commit latency off the delivery path.
+PREFETCH = 4
+# While ingest is crowded, claim rounds are this far apart (see router/pacing.py).
+CROWDED_PAUSE = 0.02
 
 
 class Unknown(enum.Enum):
@@ -34,11 +39,6 @@ class Unknown(enum.Enum):
 
 
 UNKNOWN = Unknown.UNKNOWN
-# Claim up to this many times a channel's concurrency at once: fewer, larger claims
-# keep the store's commit latency off the delivery path.
-PREFETCH = 4
-# While ingest is crowded, claim rounds are this far apart (see router/pacing.py).
-CROWDED_PAUSE = 0.02
 
 
 @dataclass(frozen=True)

@@ -257,8 +257,8 @@ class RoutingWorker:
             if routed or flushed:
                 self.on_routed()
             if routed >= BATCH or flushed >= DIGEST_BATCH:
-                continue  # a full batch: more may be waiting. Else wait to be woken
-                # (events accepted meanwhile have set the wake already).
+                continue  # a full batch: more may be waiting
+            # Else wait to be woken: events accepted meanwhile have set the wake already.
             try:
                 async with asyncio.timeout(1.0):
                     await self._wake.wait()
