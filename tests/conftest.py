@@ -18,6 +18,7 @@ import sqlite3
 import textwrap
 import threading
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -53,6 +54,20 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
     runner = await hook.start()
     yield hook
     await runner.cleanup()
+
+
+def count_calls(target: Any, *names: str) -> Counter[str]:
+    """Wrap the async methods ``names`` of ``target`` (a store) to count their calls."""
+    calls: Counter[str] = Counter()
+    for name in names:
+        method = getattr(target, name)
+
+        async def counted(*args: Any, _name: str = name, _method: Any = method, **kw: Any) -> Any:
+            calls[_name] += 1
+            return await _method(*args, **kw)
+
+        setattr(target, name, counted)
+    return calls
 
 
 def webhook_rules(url: str, *, secret: str | None = SECRET, extra_channel: str = "") -> str:

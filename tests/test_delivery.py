@@ -4,7 +4,6 @@ import asyncio
 import shutil
 import textwrap
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from tests.conftest import (
     ServiceFactory,
     StoreDB,
     all_examples,
+    count_calls,
     example,
     webhook_rules,
 )
@@ -394,15 +394,7 @@ async def test_a_trickle_of_deliveries_asks_the_store_only_what_can_find_work(
 ) -> None:
     client = await service(webhook_rules(receiver.url))
     store = client.app[STORE]
-    calls: Counter[str] = Counter()
-    for name in ("claim_deliveries", "next_due"):
-        method = getattr(store, name)
-
-        async def counted(*args: Any, _name: str = name, _method: Any = method, **kw: Any) -> Any:
-            calls[_name] += 1
-            return await _method(*args, **kw)
-
-        setattr(store, name, counted)
+    calls = count_calls(store, "claim_deliveries", "next_due")
     started = time.monotonic()
     for n in range(10):  # one at a time: each delivery finds the dispatcher idle
         await client.post("/events", json=example("course_created") | {"n": n})

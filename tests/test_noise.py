@@ -5,11 +5,10 @@ import copy
 import shutil
 import textwrap
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT, ServiceFactory, StoreDB, example
+from tests.conftest import ROOT, ServiceFactory, StoreDB, count_calls, example
 from tests.receiver import SECRET, WebhookReceiver
 
 
@@ -139,15 +138,7 @@ async def test_routing_a_trickle_asks_the_store_only_what_can_find_work(
     every = "- {name: completions, events: [course_completed], notify: [hook]}\n"
     client = await service(rules(receiver.url, every))
     store = client.app[STORE]
-    calls: Counter[str] = Counter()
-    for name in ("claim_events", "claim_due_digests"):
-        method = getattr(store, name)
-
-        async def counted(*args: Any, _name: str = name, _method: Any = method, **kw: Any) -> Any:
-            calls[_name] += 1
-            return await _method(*args, **kw)
-
-        setattr(store, name, counted)
+    calls = count_calls(store, "claim_events", "claim_due_digests")
     started = time.monotonic()
     for n in range(10):  # one at a time: a routing round each
         await client.post("/events", json=completed(str(n), "1"))
