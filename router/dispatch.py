@@ -30,6 +30,7 @@ POLL_SECONDS = 1.0
 PREFETCH = 4
 # While ingest is crowded, claim rounds are this far apart (see router/pacing.py).
 CROWDED_PAUSE = 0.02
+RETRY_SLACK = 0.005
 
 
 class Unknown(enum.Enum):
@@ -195,7 +196,9 @@ class Dispatcher:
             timeout = POLL_SECONDS
             retry = self._next_retry
             if isinstance(retry, float) and retry > self.clock():
-                timeout = min(POLL_SECONDS, retry - self.clock())
+                # A little past it: a timer that fires a hair early would find the job
+                # not yet due, and the next look would be a whole poll later.
+                timeout = min(POLL_SECONDS, retry - self.clock() + RETRY_SLACK)
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
