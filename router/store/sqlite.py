@@ -287,7 +287,6 @@ class SqliteStore:
                 (now - window,),
             )
             recent = self._recent_ids = RecentIds(rows, window=window, now=now)
-            recent.begin()
         recent.window = max(recent.window, window)
         return recent
 
