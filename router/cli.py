@@ -20,6 +20,7 @@ from router.dryrun import DryRunError, EventReport, dry_run
 from router.logs import setup_logging
 from router.plugins import Plugins, load_plugins
 from router.redact import Redactor
+from router.routing import is_raw_event
 from router.settings import Settings
 
 log = logging.getLogger("router")
@@ -289,7 +290,7 @@ def _print_report(report: EventReport, explain: bool) -> None:
         if "error" in message:
             click.echo(f"      error: {message['error']}")
             continue
-        if message["template"] is None:
+        if is_raw_event(message):
             click.echo("      sends the raw event (no template)")
             continue
         click.echo(f"      title: {message['title']}")

@@ -26,6 +26,7 @@ from router.admin import (
     record_dict,
 )
 from router.redact import Redactor
+from router.routing import is_raw_event
 from router.settings import Settings
 from router.store import DeliveryRecord, Store, open_store
 
@@ -254,7 +255,7 @@ def dlq_show(delivery_id: int, db: str | None, as_json: bool) -> None:
         ("last error", record["last_error"] or "-"),
     ]
     click.echo(table(("FIELD", "VALUE"), fields))
-    if isinstance(message, dict) and message.get("template", "") is None:
+    if isinstance(message, dict) and is_raw_event(message):
         click.echo("\nmessage: the raw event (the channel renders no template)")
     elif isinstance(message, dict):
         click.echo(f"\nmessage title: {message.get('title', '')}")

@@ -19,6 +19,7 @@ from router.pacing import IngestPressure
 from router.plugins import Plugins
 from router.ratelimit import RateLimiter, parse_rate
 from router.redact import Redactor
+from router.routing import is_raw_event
 from router.rules import ChannelDef
 from router.store import DeliveryJob, Store
 
@@ -282,10 +283,10 @@ class Dispatcher:
             error = runtime.broken
         elif log_only:
             # What the channel would send: its message, or the event itself.
-            if definition.type.cls.renders_message(definition.config):
-                sent: dict[str, Any] = {"title": message.title, "text": message.text}
+            if is_raw_event(rendered):
+                sent: dict[str, Any] = {"event": message.event}
             else:
-                sent = {"event": message.event}
+                sent = {"title": message.title, "text": message.text}
             log.info(
                 "log-only channel: would send",
                 extra={

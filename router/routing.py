@@ -9,7 +9,7 @@ doubles a job. It also flushes digest groups whose wait is over.
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,11 @@ LEASE_SECONDS = 60.0
 DIGEST_BATCH = 32
 DIGEST_POLL = 1.0  # digests wait minutes: looking for due groups once a second is plenty
 NOT_RENDERED = b'{"template":null}'  # the message of a channel that sends the raw event
+
+
+def is_raw_event(message: Mapping[str, Any]) -> bool:
+    """Whether a stored message is ``NOT_RENDERED``: its channel sends the raw event."""
+    return "template" in message and message["template"] is None
 
 
 def delivery_key(event_id: str, rule: str, channel: str) -> str:
