@@ -29,8 +29,6 @@ POLL_SECONDS = 1.0
 # Claim up to this many times a channel's concurrency at once: fewer, larger claims
 # keep the store's commit latency off the delivery path.
 PREFETCH = 4
-# While ingest is crowded, claim rounds are this far apart (see router/pacing.py).
-CROWDED_PAUSE = 0.02
 RETRY_SLACK = 0.005
 
 
@@ -164,6 +162,10 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._next_retry: float | Unknown | None = UNKNOWN  # when the next retry is due
+        # Time with at least one attempt in progress, for pacing (router/pacing.py).
+        self._active = 0
+        self._busy_since = 0.0
+        self._worked = 0.0
 
     def wake(self) -> None:
         """Called when deliveries were created (or another replica says so)."""
@@ -182,8 +184,7 @@ class Dispatcher:
         idle round would double the store traffic per delivery.
         """
         while not self._stopping:
-            if self.pressure.crowded:
-                await self.pressure.pause(CROWDED_PAUSE)  # a burst: let ingest have the CPU
+            await self.pressure.give_way(self._take_worked())  # a burst: ingest first
             self._wake.clear()
             try:
                 await self._claim_round()
@@ -244,7 +245,11 @@ class Dispatcher:
             async with runtime.slots:
                 if self._stopping:
                     return  # claimed but not started: left for the next start
-                await self._attempt_unguarded(runtime, job)
+                self._started_work()
+                try:
+                    await self._attempt_unguarded(runtime, job)
+                finally:
+                    self._finished_work()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -255,6 +260,26 @@ class Dispatcher:
             # claim found nothing more.
             if runtime.wants_jobs and not runtime.drained:
                 self._wake.set()
+
+    def _started_work(self) -> None:
+        if self._active == 0:
+            self._busy_since = time.perf_counter()
+        self._active += 1
+
+    def _finished_work(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._worked += time.perf_counter() - self._busy_since
+
+    def _take_worked(self) -> float:
+        """Seconds with attempts in progress since the last call (overlapping attempts
+        count once)."""
+        now = time.perf_counter()
+        worked, self._worked = self._worked, 0.0
+        if self._active:
+            worked += now - self._busy_since
+            self._busy_since = now
+        return worked
 
     async def _attempt_unguarded(self, runtime: ChannelRuntime, job: DeliveryJob) -> None:
         definition = runtime.definition

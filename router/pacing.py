@@ -4,9 +4,14 @@ An event answered 202 is already durable, so the router can take Canvas' burst a
 full speed and catch up on routing and delivery afterwards. While many ingest
 requests have been in flight for a while (the sign that the CPU is the limit),
 background work gets at most ``share`` of the time; with spare CPU it runs flat out.
-A pause after which ingest has caught up ends the burst: then the pile-up came from
+A pause during which ingest did not crowd ends the burst: then the pile-up came from
 the background work itself (routing and delivery needing the whole CPU at a steady
 offered rate), and holding that work back would only let the backlog grow.
+
+The background work is measured in wall-clock time, store round trips included. Under
+a flood that time also holds the ingest requests served while the work awaited the
+store, so it overstates the work, and background work gets less than ``share``, not
+more.
 """
 
 import asyncio
@@ -63,9 +68,12 @@ class IngestPressure:
             await self.pause(min(LONGEST_PAUSE, worked * (1 - self.share) / self.share))
 
     async def pause(self, seconds: float) -> None:
-        """Let ingest have the CPU for ``seconds``. If it caught up meanwhile (fewer
-        than ``CROWDED`` requests in flight), ingest alone does not saturate the CPU:
-        the burst is over."""
+        """Let ingest have the CPU for ``seconds``. If it did not crowd meanwhile and
+        does not now, ingest alone does not saturate the CPU: the burst is over. (The
+        count at the end of the pause alone is no measure: group commit answers
+        requests in bunches, so under a flood it dips below ``CROWDED`` again and
+        again.)"""
+        started = self.clock()
         await asyncio.sleep(seconds)
-        if self.in_flight < CROWDED:
+        if self._episode_last < started and self.in_flight < CROWDED:
             self._episode_last = -1.0

@@ -1,11 +1,16 @@
 """Ingest first: when background work gives way, and how much (router/pacing.py).
-A fake clock drives it: no sleeps, no timing."""
+A fake clock drives the pacing itself: no sleeps, no timing. The workers' tests check
+what they report as work."""
 
 import asyncio
+from typing import Any
 
 import pytest
 
+from router.appkeys import DISPATCHER, ROUTING, STORE
 from router.pacing import CROWDED, CROWDED_FOR, LONGEST_PAUSE, IngestPressure
+from tests.conftest import ServiceFactory, example, webhook_rules
+from tests.receiver import WebhookReceiver
 
 
 class Clock:
@@ -116,9 +121,77 @@ async def test_a_pause_after_which_ingest_has_caught_up_ends_the_burst(
         crowd(pressure)
     for _ in range(CROWDED):
         pressure.enter()
+    clock.now += 0.001
     await pressure.pause(0.01)
     assert pressure.crowded  # a saturating flood: still crowded after the pause
     ingest_keeps_up = True
     await pressure.pause(0.01)
     assert pressure.in_flight == 0
     assert not pressure.crowded  # ingest caught up: background work resumes
+
+
+async def test_a_flood_that_dips_below_crowded_between_commits_is_still_a_burst(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    pressure = IngestPressure(share=0.1, clock=clock)
+
+    async def sleep(seconds: float) -> None:
+        # During the pause ingest crowds once more, then a commit answers everyone.
+        clock.now += seconds / 2
+        crowd(pressure)
+        clock.now += seconds / 2
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    for _ in range(4):
+        clock.now += CROWDED_FOR / 2
+        crowd(pressure)
+    await pressure.pause(0.01)
+    assert pressure.in_flight == 0
+    assert pressure.crowded  # the count at the end of the pause is not the measure
+
+
+class RecordingPressure(IngestPressure):
+    """Paces nothing; records the work each give_way reports."""
+
+    def __init__(self) -> None:
+        super().__init__(share=1.0)
+        self.worked: list[float] = []
+
+    async def give_way(self, worked: float) -> None:
+        self.worked.append(worked)
+
+
+async def test_delivery_reports_the_time_its_attempts_took(
+    service: ServiceFactory, receiver: WebhookReceiver
+) -> None:
+    receiver.delay = 0.2
+    client = await service(webhook_rules(receiver.url))
+    pressure = client.app[DISPATCHER].pressure = RecordingPressure()
+    await client.post("/events", json=example("course_created"))
+    await receiver.wait_for(1)
+    for _ in range(100):
+        if sum(pressure.worked) >= 0.2:
+            break
+        await asyncio.sleep(0.02)
+    # One attempt of at least 0.2 s (the receiver's delay), reported once in all.
+    assert 0.2 <= sum(pressure.worked) < 1.0, pressure.worked
+
+
+async def test_routing_reports_its_store_round_trips_as_work(
+    service: ServiceFactory, receiver: WebhookReceiver
+) -> None:
+    client = await service(webhook_rules(receiver.url))
+    routing = client.app[ROUTING]
+    pressure = routing.pressure = RecordingPressure()
+    store = client.app[STORE]
+    record_routing = store.record_routing
+
+    async def slow_record_routing(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.2)
+        return await record_routing(*args, **kwargs)
+
+    store.record_routing = slow_record_routing
+    await client.post("/events", json=example("course_created"))
+    await receiver.wait_for(1)
+    assert pressure.worked and pressure.worked[0] >= 0.2, pressure.worked
