@@ -4,7 +4,7 @@ An event answered 202 is already durable, so the router can take Canvas' burst a
 full speed and catch up on routing and delivery afterwards. While many ingest
 requests have been in flight for a while (the sign that the CPU is the limit),
 background work gets at most ``share`` of the time; with spare CPU it runs flat out.
-A pause during which ingest did not crowd ends the burst: then the pile-up came from
+A pause during which ingest alone kept up ends the burst: then the pile-up came from
 the background work itself (routing and delivery needing the whole CPU at a steady
 offered rate), and holding that work back would only let the backlog grow.
 
@@ -34,18 +34,27 @@ class IngestPressure:
         self.in_flight = 0
         self._episode_start = 0.0  # the first and the latest moment of the current
         self._episode_last = -1.0  # run of crowded moments (none yet: last < start)
+        self._area = 0.0  # requests in flight integrated over time, up to _counted_at
+        self._counted_at = clock()
+
+    def _count(self) -> float:
+        now = self.clock()
+        self._area += self.in_flight * (now - self._counted_at)
+        self._counted_at = now
+        return now
 
     def enter(self) -> None:
         """An ingest request starts."""
+        now = self._count()
         self.in_flight += 1
         if self.in_flight >= CROWDED:
-            now = self.clock()
             if now - self._episode_last > CROWDED_FOR:
                 self._episode_start = now
             self._episode_last = now
 
     def leave(self) -> None:
         """An ingest request is answered."""
+        self._count()
         self.in_flight -= 1
 
     @property
@@ -68,12 +77,15 @@ class IngestPressure:
             await self.pause(min(LONGEST_PAUSE, worked * (1 - self.share) / self.share))
 
     async def pause(self, seconds: float) -> None:
-        """Let ingest have the CPU for ``seconds``. If it did not crowd meanwhile and
-        does not now, ingest alone does not saturate the CPU: the burst is over. (The
-        count at the end of the pause alone is no measure: group commit answers
-        requests in bunches, so under a flood it dips below ``CROWDED`` again and
-        again.)"""
-        started = self.clock()
+        """Let ingest have the CPU for ``seconds``. If it kept up meanwhile (on
+        average fewer than ``CROWDED / 2`` requests in flight), ingest alone does not
+        saturate the CPU: the burst is over. (Not the count at the end of the pause:
+        group commit answers requests in bunches, so under a flood it drops to a few
+        now and then; at a steady rate ingest alone keeps up, and the average stays
+        low.)"""
+        started = self._count()
+        area = self._area
         await asyncio.sleep(seconds)
-        if self._episode_last < started and self.in_flight < CROWDED:
+        ended = self._count()
+        if ended > started and (self._area - area) / (ended - started) < CROWDED / 2:
             self._episode_last = -1.0

@@ -111,9 +111,9 @@ async def test_a_pause_after_which_ingest_has_caught_up_ends_the_burst(
     ingest_keeps_up = False
 
     async def sleep(seconds: float) -> None:
-        clock.now += seconds
         while ingest_keeps_up and pressure.in_flight:
             pressure.leave()
+        clock.now += seconds
 
     monkeypatch.setattr(asyncio, "sleep", sleep)
     for _ in range(4):
@@ -137,18 +137,44 @@ async def test_a_flood_that_dips_below_crowded_between_commits_is_still_a_burst(
     pressure = IngestPressure(share=0.1, clock=clock)
 
     async def sleep(seconds: float) -> None:
-        # During the pause ingest crowds once more, then a commit answers everyone.
-        clock.now += seconds / 2
+        # CROWDED requests in flight for most of the pause, then a commit answers them.
+        clock.now += seconds * 0.9
+        while pressure.in_flight:
+            pressure.leave()
+        clock.now += seconds * 0.1
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    for _ in range(4):
+        clock.now += CROWDED_FOR / 2
         crowd(pressure)
-        clock.now += seconds / 2
+    for _ in range(CROWDED):
+        pressure.enter()
+    await pressure.pause(0.01)
+    assert pressure.in_flight == 0
+    assert pressure.crowded  # the count at the end of the pause is not the measure
+
+
+async def test_a_pause_that_ends_in_a_stall_still_ends_the_burst(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    pressure = IngestPressure(share=0.1, clock=clock)
+
+    async def sleep(seconds: float) -> None:
+        # Ingest kept up (one request at a time) until a stall piled up CROWDED more.
+        pressure.enter()
+        clock.now += seconds * 0.9
+        for _ in range(CROWDED):
+            pressure.enter()
+        clock.now += seconds * 0.1
 
     monkeypatch.setattr(asyncio, "sleep", sleep)
     for _ in range(4):
         clock.now += CROWDED_FOR / 2
         crowd(pressure)
     await pressure.pause(0.01)
-    assert pressure.in_flight == 0
-    assert pressure.crowded  # the count at the end of the pause is not the measure
+    assert pressure.in_flight > CROWDED
+    assert not pressure.crowded  # on average ingest kept up: the burst is over
 
 
 class RecordingPressure(IngestPressure):
