@@ -7,7 +7,7 @@ hears about what.
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -26,7 +26,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore")
 
     rules: Path = Field(Path("rules.yaml"), description="rules file")
-    templates: Path = Field(Path("templates"), description="templates directory")
+    templates: Path = Field(
+        Path("templates"),
+        description="templates directory (default: ./templates if it exists, else the"
+        " templates shipped with the router)",
+    )
     db: str = Field(
         "router.db",
         description="store: a SQLite file path, or postgresql://user@host/db?schema=NAME"
@@ -73,3 +77,12 @@ class Settings(BaseSettings):
     retention_interval: float = Field(
         300.0, ge=0, description="seconds between retention passes (0: off)"
     )
+
+    @model_validator(mode="after")
+    def _shipped_templates(self) -> "Settings":
+        """Without ``--templates`` and without ``./templates``, use the shipped ones."""
+        if "templates" not in self.model_fields_set and not self.templates.is_dir():
+            from router.templates import builtin_templates  # jinja2 is heavy; settings are not
+
+            self.templates = builtin_templates()
+        return self

@@ -13,9 +13,17 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from router.filters import builtin_filters
 
-__all__ = ["RenderError", "Rendered", "Templates", "template_context"]
+__all__ = ["RenderError", "Rendered", "Templates", "builtin_templates", "template_context"]
 
 SUFFIX = ".j2"
+
+
+def builtin_templates() -> Path:
+    """The templates shipped with the router: inside the package when it was installed
+    from a wheel (``router/builtin_templates``), the checkout's ``templates/`` in a
+    source checkout or an editable install."""
+    packaged = Path(__file__).resolve().parent / "builtin_templates"
+    return packaged if packaged.is_dir() else packaged.parent.parent / "templates"
 
 
 class RenderError(Exception):

@@ -40,17 +40,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-import router
 from router.app import create_app
 from router.appkeys import DISPATCHER, PLUGINS
 from router.channels import DeliveryOutcome
 from router.hookspecs import hookimpl
 from router.plugins import ENTRY_POINT_GROUP, PluginProblem, Plugins, load_plugins
 from router.settings import Settings
+from router.templates import builtin_templates
 
 __all__ = [
-    "FALLBACK_TEMPLATES",
-    "REPO_TEMPLATES",
+    "BUILTIN_TEMPLATES",
     "TEST_SETTINGS",
     "Delivery",
     "PluginLoadError",
@@ -60,26 +59,8 @@ __all__ = [
     "run_router",
 ]
 
-#: The repository's templates (present in a source checkout or an editable install).
-REPO_TEMPLATES = Path(router.__file__).resolve().parent.parent / "templates"
-
-#: Used when the repository's templates are not available (router installed from a
-#: wheel): a title and a text block for any event.
-FALLBACK_TEMPLATES = {
-    "default.j2": textwrap.dedent(
-        """\
-        {% block title %}{{ event_name }}{% endblock %}
-        {% block text %}Event {{ event_name }} ({{ event_id }}){% endblock %}
-        """
-    ),
-    "digest.j2": textwrap.dedent(
-        """\
-        {% block title %}{{ count }} events{% endblock %}
-        {% block text %}{% for e in events %}{{ e.metadata.event_name }}
-        {% endfor %}{% endblock %}
-        """
-    ),
-}
+#: The templates shipped with the router (``router.templates.builtin_templates``).
+BUILTIN_TEMPLATES = builtin_templates()
 
 #: Settings that make tests fast; any of them can be overridden.
 TEST_SETTINGS: dict[str, Any] = {
@@ -302,9 +283,7 @@ def _templates_dir(templates: Mapping[str, str] | Path | str | None, workdir: Pa
     if isinstance(templates, Path | str):
         return Path(templates)
     if templates is None:
-        if REPO_TEMPLATES.is_dir():
-            return REPO_TEMPLATES
-        templates = FALLBACK_TEMPLATES
+        return BUILTIN_TEMPLATES
     directory = workdir / "templates"
     for name, source in templates.items():
         path = directory / name
@@ -341,9 +320,9 @@ async def run_router(
     :param plugins: modules or objects with ``@hookimpl`` functions, loaded as
         ``load_plugins(extra=plugins)`` does; a module that is also installed through an
         entry point is loaded once, from here.
-    :param templates: ``None`` for the repository's ``templates/`` (or a minimal
-        ``default.j2`` when router is not a source checkout), a dict of file name to
-        template source written to a temporary directory, or a directory to use as is.
+    :param templates: ``None`` for the templates shipped with the router, a dict of file
+        name to template source written to a temporary directory, or a directory to use
+        as is.
     :param entry_points: also load installed plugins (the built-in channels among them).
     :param allow_plugin_problems: start even if a plugin failed to load (see
         ``harness.plugins.problems``); by default that raises ``PluginLoadError``.

@@ -1,6 +1,9 @@
 """The command line: validate, plugins, help, and settings from the environment."""
 
+import subprocess
+import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,7 @@ from click.testing import CliRunner
 
 from router.cli import cli
 from router.settings import Settings
+from router.templates import builtin_templates
 from tests.conftest import ROOT
 
 
@@ -242,3 +246,40 @@ def test_validate_names_a_missing_templates_directory(tmp_path: Path) -> None:
         f"{tmp_path / 'nope'}:1:1: templates directory not found"
         " (set --templates or ROUTER_TEMPLATES)"
     ]
+
+
+def test_without_a_templates_directory_the_shipped_templates_are_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./templates here
+    monkeypatch.delenv("ROUTER_TEMPLATES", raising=False)
+    assert Settings().templates == builtin_templates()
+    assert (builtin_templates() / "course_completed.slack.j2").is_file()
+    (tmp_path / "rules.yaml").write_text((ROOT / "rules.yaml").read_text())
+    code, out = run("validate")
+    assert code == 0, out
+    # ./templates, when there is one, and a directory given explicitly win.
+    (tmp_path / "templates").mkdir()
+    assert Settings().templates == Path("templates")
+    assert Settings(templates=tmp_path / "nope").templates == tmp_path / "nope"
+    monkeypatch.setenv("ROUTER_TEMPLATES", str(tmp_path / "mine"))
+    assert Settings().templates == tmp_path / "mine"
+
+
+def test_the_wheel_ships_the_templates(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    [wheel] = tmp_path.glob("router-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {
+            name.removeprefix("router/builtin_templates/")
+            for name in archive.namelist()
+            if name.startswith("router/builtin_templates/")
+        }
+    assert shipped == {path.name for path in (ROOT / "templates").glob("*.j2")}
