@@ -60,7 +60,10 @@ def cli() -> None:
 @cli.command()
 @click.option("--rules", type=click.Path(path_type=Path), help=f"Rules file. {_env('rules')}")
 @click.option(
-    "--templates", type=click.Path(path_type=Path), help=f"Templates dir. {_env('templates')}"
+    "--templates",
+    type=click.Path(path_type=Path),
+    help=f"Templates dir (default: ./templates if present, else the shipped ones)."
+    f" {_env('templates')}",
 )
 @click.option("--db", help=f"Store: a SQLite file (default router.db). {_env('db')}")
 @click.option("--host", help=f"Listen address (default 127.0.0.1). {_env('host')}")
@@ -221,7 +224,11 @@ def _seconds(value: float) -> str:
 
 @cli.command()
 @click.argument("file", type=click.Path(path_type=Path), default=None, required=False)
-@click.option("--templates", type=click.Path(path_type=Path), help="Templates dir.")
+@click.option(
+    "--templates",
+    type=click.Path(path_type=Path),
+    help="Templates dir (default: ./templates if present, else the shipped ones).",
+)
 @click.option("--plugins-dir", type=click.Path(path_type=Path, file_okay=False))
 def validate(file: Path | None, templates: Path | None, plugins_dir: Path | None) -> None:
     """Check a rules file (default: rules.yaml) and its templates; exit 1 on any error.
@@ -245,7 +252,11 @@ def validate(file: Path | None, templates: Path | None, plugins_dir: Path | None
 @cli.command("test")
 @click.argument("rules_file", type=click.Path(path_type=Path))
 @click.argument("events", type=click.Path(path_type=Path), nargs=-1, required=True)
-@click.option("--templates", type=click.Path(path_type=Path), help="Templates dir.")
+@click.option(
+    "--templates",
+    type=click.Path(path_type=Path),
+    help="Templates dir (default: ./templates if present, else the shipped ones).",
+)
 @click.option("--plugins-dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--explain", is_flag=True, help="Say why each other rule did not fire.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
