@@ -2,6 +2,7 @@
 into the blocks a channel picks from (``title``, ``text``, ``html``, ``json``, ...)."""
 
 import traceback
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,6 +11,7 @@ from typing import Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
 
 from router.filters import builtin_filters
 
@@ -51,6 +53,11 @@ def _template_line(exc: BaseException, name: str) -> int | None:
 # Reading a dict is what templates do most; these methods cannot change or escape it.
 _DICT_READERS = frozenset({"get", "items", "keys", "values"})
 
+# The blocks rendered so far for one message, by the context Templates.render made for it.
+_RENDERED_BLOCKS: "weakref.WeakKeyDictionary[jinja2.runtime.Context, dict[str, str]]" = (
+    weakref.WeakKeyDictionary()
+)
+
 
 class EventSandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox (templates cannot change the event other templates
@@ -60,6 +67,10 @@ class EventSandbox(ImmutableSandboxedEnvironment):
       (``items``) means the field, and a dotted name costs no AttributeError;
     - ``body.get("user")`` and the other read-only dict methods skip the generic
       safety checks, which cost more than the lookup itself.
+
+    - ``self.title()`` inside another block returns the title already rendered for
+      this message instead of rendering it again (Slack templates build their Block
+      Kit JSON from the title and the text).
 
     Everything else goes through the sandbox's own checks.
     """
@@ -84,6 +95,11 @@ class EventSandbox(ImmutableSandboxedEnvironment):
             kwargs.pop("_loop_vars", None)
             kwargs.pop("_block_vars", None)
             return __obj(*args, **kwargs)
+        if type(__obj) is jinja2.runtime.BlockReference and not args:
+            done = _RENDERED_BLOCKS.get(__obj._context)
+            if done is not None and __obj.name in done and __obj._depth == 0:
+                rendered = done[__obj.name]  # as BlockReference.__call__ returns it:
+                return Markup(rendered) if __obj._context.eval_ctx.autoescape else rendered
         return super().call(__context, __obj, *args, **kwargs)
 
 
@@ -209,11 +225,13 @@ class Templates:
             # shared=True skips merging the globals ChainMap on every render.
             ctx = template.new_context({**self._globals, **context}, shared=True)
             blocks = {}
+            done = _RENDERED_BLOCKS[ctx] = {}
             for block, render in template.blocks.items():
                 try:
-                    blocks[block] = "".join(render(ctx)).strip()
+                    done[block] = "".join(render(ctx))
                 except Exception:
                     self.env.handle_exception()  # re-raises with template line numbers
+                blocks[block] = done[block].strip()
             if "html" in blocks:
                 html = self.html_env.get_template(name)
                 html_ctx = html.new_context({**self._globals, **context}, shared=True)

@@ -309,3 +309,30 @@ def test_templates_refuse_sandbox_escapes(tmp_path: Path, source: str) -> None:
         RenderError, match=r"template evil\.j2 line 1: (SecurityError|UndefinedError)"
     ):
         templates.render("evil.j2", context)
+
+
+def test_a_block_reused_through_self_is_rendered_once(tmp_path: Path) -> None:
+    from router.templates import template_context
+
+    calls: list[str] = []
+
+    def counted(value: str) -> str:
+        calls.append(value)
+        return value
+
+    (tmp_path / "reuse.j2").write_text(
+        "{% block title %}<b>{{ body.course.name | counted }}</b>{% endblock %}"
+        "{% block text %}{{ self.title() }}|{{ self.title() | trim }}{% endblock %}"
+        "{% block json %}{% autoescape true %}{{ self.title() }}{% endautoescape %}"
+        "|{% autoescape true %}{{ body.course.name ~ '<i>' }}{% endautoescape %}"
+        "{% endblock %}"
+    )
+    templates = Templates(tmp_path, filters={"counted": counted})
+    context = template_context(COMPLETED, event_id="e", rule="r", channel="c")
+    rendered = templates.render("reuse.j2", context)
+    name = COMPLETED["body"]["course"]["name"]
+    assert rendered.title == f"<b>{name}</b>"
+    assert rendered.text == f"<b>{name}</b>|<b>{name}</b>"
+    # Under autoescape a block comes back as markup (not escaped again), as in Jinja.
+    assert rendered.blocks["json"] == f"<b>{name}</b>|{name}&lt;i&gt;"
+    assert calls == [name]  # rendered once, reused three times
