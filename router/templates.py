@@ -227,12 +227,14 @@ class Templates:
             blocks = {}
             done = _RENDERED_BLOCKS[ctx] = {}
             for block, render in template.blocks.items():
+                if block == "html":
+                    continue  # below, with autoescaping
                 try:
                     done[block] = "".join(render(ctx))
                 except Exception:
                     self.env.handle_exception()  # re-raises with template line numbers
                 blocks[block] = done[block].strip()
-            if "html" in blocks:
+            if "html" in template.blocks:
                 html = self.html_env.get_template(name)
                 html_ctx = html.new_context({**self._globals, **context}, shared=True)
                 try:

@@ -336,3 +336,24 @@ def test_a_block_reused_through_self_is_rendered_once(tmp_path: Path) -> None:
     # Under autoescape a block comes back as markup (not escaped again), as in Jinja.
     assert rendered.blocks["json"] == f"<b>{name}</b>|{name}&lt;i&gt;"
     assert calls == [name]  # rendered once, reused three times
+
+
+def test_the_html_block_is_rendered_once_and_escaped(tmp_path: Path) -> None:
+    from router.templates import template_context
+
+    calls: list[str] = []
+
+    def counted(value: str) -> str:
+        calls.append(value)
+        return value
+
+    (tmp_path / "mail.j2").write_text(
+        "{% block title %}t{% endblock %}{% block text %}x{% endblock %}"
+        "{% block html %}<p>{{ (body.course.name ~ ' <i>') | counted }}</p>{% endblock %}"
+    )
+    templates = Templates(tmp_path, filters={"counted": counted})
+    context = template_context(COMPLETED, event_id="e", rule="r", channel="c")
+    rendered = templates.render("mail.j2", context)
+    name = COMPLETED["body"]["course"]["name"]
+    assert rendered.blocks["html"] == f"<p>{name} &lt;i&gt;</p>"
+    assert calls == [f"{name} <i>"]
