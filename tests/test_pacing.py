@@ -30,6 +30,13 @@ def crowd(pressure: IngestPressure) -> None:
         pressure.leave()
 
 
+def start_burst(clock: Clock, pressure: IngestPressure) -> None:
+    """Crowd again and again, CROWDED_FOR / 2 apart, for 1.5 x CROWDED_FOR: a burst."""
+    for _ in range(4):
+        clock.now += CROWDED_FOR / 2
+        crowd(pressure)
+
+
 def test_fewer_requests_in_flight_is_never_crowded() -> None:
     clock = Clock()
     pressure = IngestPressure(clock=clock)
@@ -96,9 +103,7 @@ async def test_background_work_pauses_for_its_share_only_while_crowded(
     pressure = IngestPressure(share=share, clock=clock)
     await pressure.give_way(worked)
     assert slept == []  # not crowded: no pause at all
-    for _ in range(4):  # crowded for 1.5 x CROWDED_FOR
-        clock.now += CROWDED_FOR / 2
-        crowd(pressure)
+    start_burst(clock, pressure)
     await pressure.give_way(worked)
     assert slept == [pytest.approx(pause)]
 
@@ -116,9 +121,7 @@ async def test_a_pause_after_which_ingest_has_caught_up_ends_the_burst(
         clock.now += seconds
 
     monkeypatch.setattr(asyncio, "sleep", sleep)
-    for _ in range(4):
-        clock.now += CROWDED_FOR / 2
-        crowd(pressure)
+    start_burst(clock, pressure)
     for _ in range(CROWDED):
         pressure.enter()
     clock.now += 0.001
@@ -144,9 +147,7 @@ async def test_a_flood_that_dips_below_crowded_between_commits_is_still_a_burst(
         clock.now += seconds * 0.1
 
     monkeypatch.setattr(asyncio, "sleep", sleep)
-    for _ in range(4):
-        clock.now += CROWDED_FOR / 2
-        crowd(pressure)
+    start_burst(clock, pressure)
     for _ in range(CROWDED):
         pressure.enter()
     await pressure.pause(0.01)
@@ -169,9 +170,7 @@ async def test_a_pause_that_ends_in_a_stall_still_ends_the_burst(
         clock.now += seconds * 0.1
 
     monkeypatch.setattr(asyncio, "sleep", sleep)
-    for _ in range(4):
-        clock.now += CROWDED_FOR / 2
-        crowd(pressure)
+    start_burst(clock, pressure)
     await pressure.pause(0.01)
     assert pressure.in_flight > CROWDED
     assert not pressure.crowded  # on average ingest kept up: the burst is over

@@ -311,15 +311,21 @@ def test_templates_refuse_sandbox_escapes(tmp_path: Path, source: str) -> None:
         templates.render("evil.j2", context)
 
 
-def test_a_block_reused_through_self_is_rendered_once(tmp_path: Path) -> None:
-    from router.templates import template_context
-
-    calls: list[str] = []
+def counting(calls: list[str]) -> Any:
+    """A template filter that passes its value through and records it in ``calls``."""
 
     def counted(value: str) -> str:
         calls.append(value)
         return value
 
+    return counted
+
+
+def test_a_block_reused_through_self_is_rendered_once(tmp_path: Path) -> None:
+    from router.templates import template_context
+
+    calls: list[str] = []
+    counted = counting(calls)
     (tmp_path / "reuse.j2").write_text(
         "{% block title %}<b>{{ body.course.name | counted }}</b>{% endblock %}"
         "{% block text %}{{ self.title() }}|{{ self.title() | trim }}{% endblock %}"
@@ -342,11 +348,7 @@ def test_the_html_block_is_rendered_once_and_escaped(tmp_path: Path) -> None:
     from router.templates import template_context
 
     calls: list[str] = []
-
-    def counted(value: str) -> str:
-        calls.append(value)
-        return value
-
+    counted = counting(calls)
     (tmp_path / "mail.j2").write_text(
         "{% block title %}t{% endblock %}{% block text %}x{% endblock %}"
         "{% block html %}<p>{{ (body.course.name ~ ' <i>') | counted }}</p>{% endblock %}"
