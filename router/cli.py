@@ -47,6 +47,12 @@ def _env(name: str) -> str:
     return f"[env: ROUTER_{name.upper()}]"
 
 
+TEMPLATES_HELP = "Templates dir (default: ./templates if present, else the shipped ones)."
+_templates_option = click.option(
+    "--templates", type=click.Path(path_type=Path), help=TEMPLATES_HELP
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="router")
 def cli() -> None:
@@ -62,8 +68,7 @@ def cli() -> None:
 @click.option(
     "--templates",
     type=click.Path(path_type=Path),
-    help=f"Templates dir (default: ./templates if present, else the shipped ones)."
-    f" {_env('templates')}",
+    help=f"{TEMPLATES_HELP} {_env('templates')}",
 )
 @click.option("--db", help=f"Store: a SQLite file (default router.db). {_env('db')}")
 @click.option("--host", help=f"Listen address (default 127.0.0.1). {_env('host')}")
@@ -224,11 +229,7 @@ def _seconds(value: float) -> str:
 
 @cli.command()
 @click.argument("file", type=click.Path(path_type=Path), default=None, required=False)
-@click.option(
-    "--templates",
-    type=click.Path(path_type=Path),
-    help="Templates dir (default: ./templates if present, else the shipped ones).",
-)
+@_templates_option
 @click.option("--plugins-dir", type=click.Path(path_type=Path, file_okay=False))
 def validate(file: Path | None, templates: Path | None, plugins_dir: Path | None) -> None:
     """Check a rules file (default: rules.yaml) and its templates; exit 1 on any error.
@@ -252,11 +253,7 @@ def validate(file: Path | None, templates: Path | None, plugins_dir: Path | None
 @cli.command("test")
 @click.argument("rules_file", type=click.Path(path_type=Path))
 @click.argument("events", type=click.Path(path_type=Path), nargs=-1, required=True)
-@click.option(
-    "--templates",
-    type=click.Path(path_type=Path),
-    help="Templates dir (default: ./templates if present, else the shipped ones).",
-)
+@_templates_option
 @click.option("--plugins-dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--explain", is_flag=True, help="Say why each other rule did not fire.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
