@@ -59,6 +59,17 @@ class RetryPolicy:
         return backoff
 
 
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    """What one attempt came to, before it is recorded."""
+
+    attempt: int
+    error: str | None
+    retry_after: float | None
+    permanent: bool
+    logged: bool
+
+
 @dataclass
 class ChannelRuntime:
     """A live channel: its definition, its instance and how many sends are in flight."""
@@ -242,14 +253,17 @@ class Dispatcher:
 
     async def _attempt(self, runtime: ChannelRuntime, job: DeliveryJob) -> None:
         try:
+            # The slot bounds sends to the channel, not the wait for the store: the
+            # next send starts while this outcome is being committed.
             async with runtime.slots:
                 if self._stopping:
                     return  # claimed but not started: left for the next start
                 self._started_work()
                 try:
-                    await self._attempt_unguarded(runtime, job)
+                    result = await self._send(runtime, job)
                 finally:
                     self._finished_work()
+            await self._record(runtime, job, result)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -281,7 +295,8 @@ class Dispatcher:
             self._busy_since = now
         return worked
 
-    async def _attempt_unguarded(self, runtime: ChannelRuntime, job: DeliveryJob) -> None:
+    async def _send(self, runtime: ChannelRuntime, job: DeliveryJob) -> Attempted:
+        """One attempt through the channel (or the log, for a log-only channel)."""
         definition = runtime.definition
         plugin = definition.type.plugin
         attempt = job.attempts + 1
@@ -341,31 +356,23 @@ class Dispatcher:
                 )
                 self.metrics.plugin_errors.labels(plugin, "send").inc()
                 error = f"channel plugin {plugin!r} raised {type(exc).__name__}: {exc}"
-        await self._record(runtime, job, attempt, error, retry_after, permanent, bool(log_only))
+        return Attempted(attempt, error, retry_after, permanent, logged=bool(log_only))
 
-    async def _record(
-        self,
-        runtime: ChannelRuntime,
-        job: DeliveryJob,
-        attempt: int,
-        error: str | None,
-        retry_after: float | None,
-        permanent: bool,
-        logged: bool,
-    ) -> None:
+    async def _record(self, runtime: ChannelRuntime, job: DeliveryJob, result: Attempted) -> None:
+        attempt, error = result.attempt, result.error
         now = self.clock()
         retry_in = None
         if error is None:
-            status = "logged" if logged else "delivered"
+            status = "logged" if result.logged else "delivered"
             await self.store.finish_delivery(job.id, status, attempts=attempt, now=now)
         else:
             error = self.redactor()(error)
             max_attempts = runtime.definition.options.max_attempts or self.policy.max_attempts
-            retry_in = self.policy.delay(attempt, retry_after, self.rng)
+            retry_in = self.policy.delay(attempt, result.retry_after, self.rng)
             too_old = now + retry_in - job.created_at > self.policy.max_age
-            if permanent or attempt >= max_attempts or too_old:
+            if result.permanent or attempt >= max_attempts or too_old:
                 status = "dead"
-                if not permanent:
+                if not result.permanent:
                     error = f"gave up after {attempt} attempt(s): {error}"
                 retry_in = None
                 await self.store.finish_delivery(

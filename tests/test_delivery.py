@@ -290,6 +290,31 @@ async def test_channel_concurrency_limit_is_respected(
     assert receiver.peak_in_flight == 2
 
 
+async def test_a_slow_store_does_not_hold_the_channels_slots(
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
+) -> None:
+    # Concurrency bounds sends to the channel; waiting for the store to record an
+    # outcome (a commit, an fsync) must not keep the next send waiting.
+    rules = webhook_rules(receiver.url).replace("timeout: 5", "timeout: 5\n    concurrency: 1")
+    client = await service(rules)
+    store = client.app[STORE]
+    finish_delivery = store.finish_delivery
+    recorded = asyncio.Event()
+
+    async def held_finish_delivery(*args: Any, **kwargs: Any) -> Any:
+        await recorded.wait()
+        return await finish_delivery(*args, **kwargs)
+
+    store.finish_delivery = held_finish_delivery
+    events = [{"metadata": {"event_name": "tick"}, "body": {"n": n}} for n in range(4)]
+    await client.post("/events", json=events)
+    await receiver.wait_for(4, timeout=5.0)  # not one outcome recorded yet
+    assert receiver.peak_in_flight == 1
+    assert {d["state"] for d in deliveries(store_db)} == {"pending"}
+    recorded.set()
+    await until(lambda: [d["state"] for d in deliveries(store_db)] == ["delivered"] * 4)
+
+
 async def test_max_age_gives_up_before_max_attempts(
     service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
 ) -> None:
