@@ -39,7 +39,7 @@ from router.config_source import (
 from router.matching import MISSING, AllOf, MatchContext, PathCondition, compile_match, lookup
 from router.plugins import ChannelType
 from router.ratelimit import parse_rate
-from router.templates import Templates
+from router.templates import SUFFIX, Templates
 
 __all__ = [
     "ChannelDef",
@@ -469,8 +469,19 @@ def _template_problem(
         return (
             f"template {template!r} not found for channel {channel!r}"
             f" (looked for {', '.join(candidates)} in {templates.directory})"
+            + _suggest(template, _template_bases(templates))
         )
     return templates.check(found[0])
+
+
+def _template_bases(templates: Templates) -> list[str]:
+    """What a rule's ``template:`` may name: ``a`` for ``a.j2`` and ``a.slack.j2``."""
+    bases = set()
+    for name in templates.names():
+        stem = name.removesuffix(SUFFIX)
+        bases.add(stem)
+        bases.add(stem.rpartition(".")[0] or stem)
+    return sorted(bases)
 
 
 def load_rules(

@@ -71,6 +71,7 @@ def test_validate_checks_templates_the_rules_name(tmp_path: Path) -> None:
             rules:
               - {name: a, events: [x], notify: [hook], template: missing}
               - {name: b, events: [x], notify: [hook], template: broken}
+              - {name: c, events: [x], notify: [hook], template: course_creatd}
             """
         )
     )
@@ -85,6 +86,9 @@ def test_validate_checks_templates_the_rules_name(tmp_path: Path) -> None:
         f" (looked for missing.webhook.j2, missing.j2 in {templates})",
         f"{rules}:6:54: rules[1].template: template broken.webhook.j2 line 2:"
         " Expected an expression, got 'end of statement block'",
+        f"{rules}:7:54: rules[2].template: template 'course_creatd' not found for channel"
+        f" 'hook' (looked for course_creatd.webhook.j2, course_creatd.j2 in {templates})"
+        " (did you mean 'course_created'?)",
         f"{templates}/broken.webhook.j2:2:1: Expected an expression, got 'end of statement block'",
         f"{templates}/course_created.j2:1:1: No filter named 'no_such_filter'.",
     ]
