@@ -1,9 +1,11 @@
 """Embedded store: one SQLite file in WAL mode, written by one thread with group commit.
 
 Every operation is a function of a connection, queued to the writer thread. The
-thread takes whatever is queued, runs each operation in its own savepoint inside
-one transaction, commits once, and only then resolves the callers' futures: many
-concurrent requests share one fsync, and nobody hears "done" before it is durable.
+thread takes whatever is queued, runs the operations in one transaction, commits
+once, and only then resolves the callers' futures: many concurrent requests share one
+fsync, and nobody hears "done" before it is durable. If one operation fails, the
+transaction rolls back and each operation is run again in a transaction of its own,
+so only the failing caller hears of it.
 """
 
 import asyncio
