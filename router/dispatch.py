@@ -252,6 +252,7 @@ class Dispatcher:
             log.warning("shutdown: %d deliveries left for the next start", len(pending))
 
     async def _attempt(self, runtime: ChannelRuntime, job: DeliveryJob) -> None:
+        working = False
         try:
             # The slot bounds sends to the channel, not the wait for the store: the
             # next send starts while this outcome is being committed.
@@ -259,16 +260,16 @@ class Dispatcher:
                 if self._stopping:
                     return  # claimed but not started: left for the next start
                 self._started_work()
-                try:
-                    result = await self._send(runtime, job)
-                finally:
-                    self._finished_work()
-            await self._record(runtime, job, result)
+                working = True
+                result = await self._send(runtime, job)
+            await self._record(runtime, job, result)  # work too, for the pacing
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("recording a delivery outcome failed", extra={"key": job.key})
         finally:
+            if working:
+                self._finished_work()
             runtime.claimed -= 1
             # Not after every job (claims come in batches), and not when the last
             # claim found nothing more.

@@ -9,7 +9,7 @@ import pytest
 
 from router.appkeys import DISPATCHER, ROUTING, STORE
 from router.pacing import CROWDED, CROWDED_FOR, LONGEST_PAUSE, IngestPressure
-from tests.conftest import ServiceFactory, example, webhook_rules
+from tests.conftest import ServiceFactory, StoreDB, example, webhook_rules
 from tests.receiver import WebhookReceiver
 
 
@@ -200,6 +200,35 @@ async def test_delivery_reports_the_time_its_attempts_took(
             break
         await asyncio.sleep(0.02)
     # One attempt of at least 0.2 s (the receiver's delay), reported once in all.
+    assert 0.2 <= sum(pressure.worked) < 1.0, pressure.worked
+
+
+async def test_delivery_reports_recording_its_outcomes_as_work(
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
+) -> None:
+    # The outcome is recorded after the channel's slot is freed, but it is still the
+    # dispatcher's work: pacing must see it, or a flood of failing deliveries would
+    # take more than its share.
+    client = await service(webhook_rules(receiver.url))
+    pressure = client.app[DISPATCHER].pressure = RecordingPressure()
+    store = client.app[STORE]
+    finish_delivery = store.finish_delivery
+
+    async def slow_finish_delivery(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.2)
+        return await finish_delivery(*args, **kwargs)
+
+    store.finish_delivery = slow_finish_delivery
+    await client.post("/events", json=example("course_created"))
+    await receiver.wait_for(1)
+    for _ in range(100):
+        if store_db.dicts("SELECT state FROM deliveries") == [{"state": "delivered"}]:
+            break
+        await asyncio.sleep(0.02)
+    for _ in range(100):  # the dispatcher reports at the start of its next round
+        if sum(pressure.worked) >= 0.2:
+            break
+        await asyncio.sleep(0.02)
     assert 0.2 <= sum(pressure.worked) < 1.0, pressure.worked
 
 
