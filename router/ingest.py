@@ -142,11 +142,24 @@ async def _accept(request: web.Request) -> web.Response:
     if isinstance(events, web.Response):
         metrics.rejected[events.status].inc()
         return events
-    accepted = await app[STORE].accept_events(
-        [(e.id, e.name, e.payload) for e in events],
-        dedupe_window=app[SETTINGS].dedupe_window,
-        now=time.time(),
-    )
+    try:
+        accepted = await app[STORE].accept_events(
+            [(e.id, e.name, e.payload) for e in events],
+            dedupe_window=app[SETTINGS].dedupe_window,
+            now=time.time(),
+        )
+    except Exception as exc:  # a full disk, a lost database: the sender must retry
+        log.error("events not stored: %s: %s", type(exc).__name__, exc)
+        metrics.store_failed.inc()
+        # Only the type: a database's message is for the log, not for whoever posted.
+        return web.json_response(
+            {
+                "error": f"the store failed ({type(exc).__name__}); retry later"
+                " (a retry is safe: a repeat is recognised as a duplicate)"
+            },
+            status=503,
+            headers={"Retry-After": "5"},
+        )
     app[ROUTING].wake()
     duplicates = sum(answer.duplicate for answer in accepted)
     if log.isEnabledFor(logging.INFO):

@@ -105,6 +105,7 @@ class Metrics:
         self.rejected = {
             status: self.rejected_total.labels(reason) for status, reason in REJECT_REASONS.items()
         }
+        self.store_failed = self.rejected_total.labels("store_failed")  # also a 503
         # -- routing ---------------------------------------------------------------
         self.rule_matches = Counter(
             "router_rule_matches", "Events a rule fired for, by rule.", ["rule"], registry=r

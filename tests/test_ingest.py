@@ -1,5 +1,6 @@
 """POST /events against a real service: every accepted form, every rejection."""
 
+import asyncio
 import copy
 import json
 
@@ -154,6 +155,48 @@ async def test_oversize_body_and_batch_are_413(service: ServiceFactory, store_db
     assert resp.status == 413
     assert "limit is 3" in (await resp.json())["error"]
     assert stored_events(store_db) == []
+
+
+# Make the store refuse new events, as a full disk or a broken database would.
+REFUSE_WRITES = {
+    "sqlite": "CREATE TRIGGER refuse BEFORE INSERT ON events"
+    " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    "postgresql": "ALTER TABLE events ADD CONSTRAINT refuse CHECK (false) NOT VALID",
+}
+ALLOW_WRITES = {
+    "sqlite": "DROP TRIGGER refuse",
+    "postgresql": "ALTER TABLE events DROP CONSTRAINT refuse",
+}
+
+
+async def test_a_failing_store_is_503_with_retry_after_and_the_service_goes_on(
+    service: ServiceFactory,
+    store_db: StoreDB,
+    backend: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = await service(LOG_ONLY)
+    # In a thread: on PostgreSQL the DDL waits for the service's own queries to end,
+    # and they need this event loop to run.
+    await asyncio.to_thread(store_db.rows, REFUSE_WRITES[backend])
+    resp = await client.post("/events", json=example("course_completed"))
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "5"
+    error = (await resp.json())["error"]
+    assert error.startswith("the store failed (") and "retry later" in error
+    assert "disk is full" not in error and "refuse" not in error  # for the log only
+    assert any(
+        "events not stored" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records
+    )
+    assert stored_events(store_db) == []
+    metrics = await (await client.get("/metrics")).text()
+    assert 'router_events_rejected_total{reason="store_failed"} 1.0' in metrics
+
+    await asyncio.to_thread(store_db.rows, ALLOW_WRITES[backend])
+    resp = await client.post("/events", json=example("course_completed"))
+    assert resp.status == 202  # the same event, retried: stored now, not a duplicate
+    assert (await resp.json())["accepted"][0]["duplicate"] is False
+    assert len(stored_events(store_db)) == 1
 
 
 async def test_bearer_token(service: ServiceFactory) -> None:
