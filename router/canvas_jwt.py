@@ -34,6 +34,11 @@ class JwtError(Exception):
     """
 
 
+class KeysUnavailable(JwtError):
+    """The token could not be checked: the JWKS could not be fetched. Not the sender's
+    fault, and it may pass later: ingest answers 503, not 401."""
+
+
 class _JwksUnavailable(Exception):
     """Internal: the JWKS document could not be fetched or parsed."""
 
@@ -120,7 +125,7 @@ class JwksVerifier:
             keys = await self._keys_for_unknown_kid()
             if keys is None and not self._last_fetch_ok:
                 # No refetch allowed yet and the latest attempt failed: the key may exist.
-                raise JwtError("signing keys unavailable")
+                raise KeysUnavailable("signing keys unavailable")
             key = _find_key(keys, kid) if keys is not None else None
             if key is None:
                 raise JwtError("unknown signing key")
@@ -195,13 +200,13 @@ class JwksVerifier:
         if self._inflight is None and not self._may_fetch(now):
             if self._keys is not None:
                 return self._keys
-            raise JwtError("signing keys unavailable")
+            raise KeysUnavailable("signing keys unavailable")
         try:
             return await self._fetch_shared()
         except _JwksUnavailable:
             if self._keys is not None:
                 return self._keys
-            raise JwtError("signing keys unavailable") from None
+            raise KeysUnavailable("signing keys unavailable") from None
 
     async def _keys_for_unknown_kid(self) -> jwt.PyJWKSet | None:
         """Refetch once for a kid missing from the cached set, if rate limits allow.
@@ -213,7 +218,7 @@ class JwksVerifier:
         try:
             return await self._fetch_shared()
         except _JwksUnavailable:
-            raise JwtError("signing keys unavailable") from None
+            raise KeysUnavailable("signing keys unavailable") from None
 
     def _may_fetch(self, now: float) -> bool:
         return self._attempted_at is None or now - self._attempted_at >= self._min_refetch_seconds

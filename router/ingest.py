@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from router.appkeys import DRAINING, JWKS, METRICS, PRESSURE, ROUTING, SETTINGS, STORE
-from router.canvas_jwt import JwtError
+from router.canvas_jwt import JwtError, KeysUnavailable
 from router.events import (
     BadRequest,
     InvalidEvents,
@@ -68,6 +68,12 @@ async def _events_from(request: web.Request, data: bytes) -> list[ParsedEvent] |
             return problem(401, "signed (JWT) delivery received but ROUTER_JWKS_URL is not set")
         try:
             claims = await verifier.verify(data.strip().decode("ascii", "replace"))
+        except KeysUnavailable as exc:
+            return web.json_response(
+                {"error": f"cannot check the signature now: {exc}; retry later"},
+                status=503,
+                headers={"Retry-After": "30"},
+            )
         except JwtError as exc:
             return problem(401, f"signature rejected: {exc}")
         return parse_body_or_error(_claims_bytes(claims), ndjson=False, max_items=1)
@@ -140,7 +146,10 @@ async def _accept(request: web.Request) -> web.Response:
         return data
     events = await _events_from(request, data)
     if isinstance(events, web.Response):
-        metrics.rejected[events.status].inc()
+        if events.status == 503:  # the JWKS could not be fetched
+            metrics.keys_unavailable.inc()
+        else:
+            metrics.rejected[events.status].inc()
         return events
     try:
         accepted = await app[STORE].accept_events(

@@ -105,7 +105,9 @@ class Metrics:
         self.rejected = {
             status: self.rejected_total.labels(reason) for status, reason in REJECT_REASONS.items()
         }
-        self.store_failed = self.rejected_total.labels("store_failed")  # also a 503
+        # Also answered 503, with Retry-After: neither is the sender's fault.
+        self.store_failed = self.rejected_total.labels("store_failed")
+        self.keys_unavailable = self.rejected_total.labels("keys_unavailable")
         # -- routing ---------------------------------------------------------------
         self.rule_matches = Counter(
             "router_rule_matches", "Events a rule fired for, by rule.", ["rule"], registry=r

@@ -296,6 +296,35 @@ async def test_signed_delivery_rejections(
     assert stored_events(store_db) == []
 
 
+async def test_signed_delivery_while_the_jwks_is_down_is_503_not_401(
+    service: ServiceFactory,
+    aiohttp_server,
+    rsa_key: rsa.RSAPrivateKey,
+    store_db: StoreDB,  # type: ignore[no-untyped-def]
+) -> None:
+    # The signature cannot be checked, which is not the sender's fault: retry later.
+    async def down(request: web.Request) -> web.Response:
+        return web.Response(status=502, text="bad gateway")
+
+    app = web.Application()
+    app.router.add_get("/jwks", down)
+    server = await aiohttp_server(app)
+    client = await service(LOG_ONLY, jwks_url=str(server.make_url("/jwks")))
+    token = jwt.encode(
+        example("course_created"), rsa_key, algorithm="RS256", headers={"kid": "canvas-1"}
+    )
+    resp = await client.post("/events", data=token, headers={"Content-Type": "application/jwt"})
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "30"
+    assert (await resp.json())["error"] == (
+        "cannot check the signature now: signing keys unavailable; retry later"
+    )
+    assert stored_events(store_db) == []
+    metrics = await (await client.get("/metrics")).text()
+    assert 'router_events_rejected_total{reason="keys_unavailable"} 1.0' in metrics
+    assert 'router_events_rejected_total{reason="draining"} 0.0' in metrics
+
+
 async def test_jwt_without_jwks_configured_is_401(service: ServiceFactory, rsa_key) -> None:  # type: ignore[no-untyped-def]
     client = await service(LOG_ONLY)
     token = jwt.encode(example("course_created"), rsa_key, algorithm="RS256")
