@@ -63,7 +63,7 @@ def create_app(settings: Settings, *, plugins: Plugins | None = None) -> web.App
     app[LIVE] = Live(build_router(settings, app[PLUGINS]))
     app[DRAINING] = asyncio.Event()
     app[PRESSURE] = IngestPressure(settings.background_share)
-    app[RELOAD] = ReloadStatus()
+    app[RELOAD] = ReloadStatus(warnings=[str(w) for w in app[LIVE].router.rules.warnings])
     app[METRICS] = Metrics()
     app[METRICS].reload_status = app[RELOAD]
     setup_routes(app)

@@ -21,6 +21,7 @@ from router.logs import setup_logging
 from router.plugins import Plugins, load_plugins
 from router.redact import Redactor
 from router.routing import is_raw_event
+from router.rules import RuleSet
 from router.settings import Settings
 
 log = logging.getLogger("router")
@@ -41,6 +42,11 @@ def _settings(**options: Any) -> Settings:
 def _print_plugin_problems(plugins: Plugins) -> None:
     for problem in plugins.problems:
         click.echo(f"warning: {problem}", err=True)
+
+
+def _print_rule_warnings(rules: RuleSet) -> None:
+    for warning in rules.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _env(name: str) -> str:
@@ -124,6 +130,8 @@ def serve(**options: Any) -> None:
         click.echo(f"{len(exc.errors)} error(s) in {settings.rules}; not starting.", err=True)
         sys.exit(1)
     _startup_summary(settings, app)
+    for warning in app[LIVE].router.rules.warnings:
+        log.warning("rules file: %s", warning)
     try:
         import uvloop  # optional speed-up
 
@@ -248,6 +256,7 @@ def validate(file: Path | None, templates: Path | None, plugins_dir: Path | None
         sys.exit(1)
     rules = router.rules
     click.echo(f"{settings.rules}: OK ({len(rules.rules)} rules, {len(rules.channels)} channels)")
+    _print_rule_warnings(rules)
 
 
 @cli.command("test")
@@ -276,6 +285,7 @@ def test_rules(
     _print_plugin_problems(loaded)
     try:
         router = build_router(settings, loaded)
+        _print_rule_warnings(router.rules)
         reports = dry_run(router, list(events))
     except ConfigErrors as exc:
         for error in exc.errors:

@@ -31,12 +31,20 @@ class ReloadStatus:
     at: float | None = None
     trigger: str | None = None
     errors: list[str] = field(default_factory=list)
+    #: Of the rules running now: likely mistakes that are not errors (rules.py).
+    warnings: list[str] = field(default_factory=list)
     succeeded: int = 0
     failed: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def as_dict(self) -> dict[str, object]:
-        return {"ok": self.ok, "at": self.at, "trigger": self.trigger, "errors": self.errors}
+        return {
+            "ok": self.ok,
+            "at": self.at,
+            "trigger": self.trigger,
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }
 
 
 async def reload_rules(app: web.Application, trigger: str) -> ReloadStatus:
@@ -69,9 +77,12 @@ async def reload_rules(app: web.Application, trigger: str) -> ReloadStatus:
         update_redactor(Redactor(router.rules.secrets))
         status.at, status.trigger = time.time(), trigger
         status.ok, status.errors = True, []
+        status.warnings = [str(warning) for warning in router.rules.warnings]
         status.succeeded += 1
         retired = {n: r for n, r in old.items() if n not in kept}
         asyncio.get_running_loop().create_task(_retire(retired))
+        for warning in status.warnings:
+            log.warning("rules file: %s", warning, extra={"trigger": trigger})
         log.info(
             "rules reloaded",
             extra={

@@ -27,6 +27,7 @@ from pydantic import (
     create_model,
 )
 
+from router.canvas_events import likely_typo
 from router.channels import HOST_KEYS, ChannelConfig
 from router.config_source import (
     ConfigError,
@@ -256,6 +257,8 @@ class RuleSet:
     rules: list[Rule]
     defaults: Defaults = field(default_factory=Defaults)
     secrets: set[str] = field(default_factory=set)
+    #: Not errors, but likely mistakes: an event name one slip away from a Canvas one.
+    warnings: list[ConfigError] = field(default_factory=list)
     _exact: dict[str, list[int]] = field(default_factory=dict, repr=False)
     _globs: list[tuple[str, int]] = field(default_factory=list, repr=False)
     _buckets: dict[str, _Bucket] = field(default_factory=dict, repr=False)
@@ -512,5 +515,26 @@ def load_rules(
     if errors:
         raise ConfigErrors(errors)
     return RuleSet(
-        file=file, channels=channels, rules=rules, defaults=parsed.defaults, secrets=secrets
+        file=file,
+        channels=channels,
+        rules=rules,
+        defaults=parsed.defaults,
+        secrets=secrets,
+        warnings=_event_name_warnings(rules, source),
     )
+
+
+def _event_name_warnings(rules: list[Rule], source: SourceMap) -> list[ConfigError]:
+    """Names in ``events:`` that look like a misspelt Canvas event. Any name may arrive,
+    so they are not errors; but such a rule would wait for an event that never comes."""
+    warnings = []
+    for index, rule in enumerate(rules):
+        for position, name in enumerate(rule.spec.events):
+            meant = likely_typo(name)
+            if meant is not None:
+                message = (
+                    f"{name!r} is not a Canvas event (did you mean {meant!r}?);"
+                    " the rule fires only for events named exactly so"
+                )
+                warnings.append(source.error(("rules", index, "events", position), message))
+    return warnings

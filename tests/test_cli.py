@@ -94,6 +94,38 @@ def test_validate_checks_templates_the_rules_name(tmp_path: Path) -> None:
     ]
 
 
+def test_validate_warns_of_an_event_name_one_slip_from_a_canvas_event(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            channels:
+              hook: {type: webhook}
+            rules:
+              - {name: a, events: [course_complted, grade_change], notify: [hook]}
+              - {name: b, events: [course_archived, "course_*"], notify: [hook]}
+            """
+        )
+    )
+    result = CliRunner().invoke(cli, ["validate", str(rules)], catch_exceptions=False)
+    assert result.exit_code == 0  # a warning: any event name may arrive
+    assert result.stdout.strip().endswith("OK (2 rules, 1 channels)")
+    # Canvas events, globs and names unlike any (another source's) are left alone.
+    assert result.stderr.splitlines() == [
+        f"warning: {rules}:5:24: rules[0].events[0]: 'course_complted' is not a Canvas"
+        " event (did you mean 'course_completed'?); the rule fires only for events named"
+        " exactly so"
+    ]
+
+
+def test_the_example_rules_file_has_no_warnings() -> None:
+    result = CliRunner().invoke(
+        cli, ["validate", str(ROOT / "rules.yaml"), "--templates", str(ROOT / "templates")]
+    )
+    assert result.exit_code == 0 and result.stderr == ""
+
+
 def test_validate_missing_file(tmp_path: Path) -> None:
     code, out = run("validate", str(tmp_path / "nope.yaml"))
     assert code == 1

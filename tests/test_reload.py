@@ -5,6 +5,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ServiceFactory, example, webhook_rules
 from tests.receiver import WebhookReceiver
 
@@ -58,6 +60,29 @@ async def test_bad_file_keeps_old_rules_and_shows_errors(
     assert got.body["rule"] == "updates"  # the old rules kept running
 
 
+async def test_a_likely_typo_in_an_event_name_is_a_warning_not_an_error(
+    service: ServiceFactory,
+    receiver: WebhookReceiver,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = await service(two_rules(receiver.url), admin_token="admin-s3cret", reload_poll=0)
+    assert (await (await client.get("/readyz")).json())["rules_reload"]["warnings"] == []
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules.read_text().replace("[course_updated]", "[course_updatd]"))
+    resp = await client.post("/-/reload", headers=ADMIN)
+    assert resp.status == 200  # reloaded: any event name may arrive
+    [warning] = (await resp.json())["warnings"]
+    assert warning == (
+        f"{rules}:13:30: rules[1].events[0]: 'course_updatd' is not a Canvas event"
+        " (did you mean 'course_updated'?); the rule fires only for events named exactly so"
+    )
+    assert (await (await client.get("/readyz")).json())["rules_reload"]["warnings"] == [warning]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"rules file: {warning}"
+    ]
+
+
 async def test_admin_api_is_off_without_a_token(service: ServiceFactory) -> None:
     client = await service(webhook_rules("", secret=None))
     assert (await client.post("/-/reload")).status == 404
@@ -80,6 +105,7 @@ async def test_file_change_reloads(
         "at": ready["rules_reload"]["at"],
         "trigger": "file change",
         "errors": [],
+        "warnings": [],
     }
     await client.post("/events", json=example("course_updated"))
     [got] = await receiver.wait_for(1)
