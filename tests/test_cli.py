@@ -271,6 +271,41 @@ def test_serve_on_a_taken_port_says_so(tmp_path: Path) -> None:
     assert f"error: cannot listen on 127.0.0.1:{port}:" in result.stderr
     assert "address already in use" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "rules file:" not in result.stderr  # the example rules have no warnings
+
+
+def test_serve_logs_the_rules_warnings_at_startup(tmp_path: Path) -> None:
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: 1\nchannels: {hook: {type: webhook}}\n"
+        "rules: [{name: a, events: [syllabus_updatd], notify: [hook]}]\n"
+    )
+    with socket.socket() as taken:  # it stops right after startup, on the port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "router.cli", "serve", "--rules", str(rules),
+                "--templates", str(ROOT / "templates"), "--db", str(tmp_path / "r.db"),
+                "--port", str(port), "--log-format", "json",
+            ],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+    logged = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert [(r["level"], r["message"]) for r in logged if r["level"] == "warning"] == [
+        (
+            "warning",
+            f"rules file: {rules}:3:28: rules[0].events[0]: 'syllabus_updatd' is not a Canvas"
+            " event (did you mean 'syllabus_updated'?); the rule fires only for events named"
+            " exactly so",
+        )
+    ]
 
 
 def test_validate_names_a_missing_templates_directory(tmp_path: Path) -> None:
