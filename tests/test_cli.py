@@ -117,6 +117,13 @@ def test_validate_warns_of_an_event_name_one_slip_from_a_canvas_event(tmp_path: 
         " event (did you mean 'course_completed'?); the rule fires only for events named"
         " exactly so"
     ]
+    # The dry run says so too, before its report.
+    event = ROOT / "examples" / "events" / "course_completed.json"
+    dry = CliRunner().invoke(
+        cli, ["test", str(rules), str(event), "--templates", str(ROOT / "templates")]
+    )
+    assert dry.exit_code == 0
+    assert dry.stderr == result.stderr
 
 
 def test_the_example_rules_file_has_no_warnings() -> None:
