@@ -152,3 +152,17 @@ async def test_a_rejected_reload_shows_on_the_page(service: ServiceFactory) -> N
     assert "rejected; the previous rules are still running" in html
     assert "nowhere" in html
     assert "0 succeeded, 1 rejected" in html
+
+
+async def test_the_running_rules_warnings_show_on_the_page(service: ServiceFactory) -> None:
+    clean = await service(rules("http://127.0.0.1:9/x"))
+    assert "warning: " not in await (await clean.get("/")).text()
+    typo = rules("http://127.0.0.1:9/x").replace("course_section_created", "course_sectoin_created")
+    client = await service(typo)
+    html = await (await client.get("/")).text()
+    assert (
+        "warning: " in html
+        and "rules[0].events[0]: &#39;course_sectoin_created&#39; is not a Canvas event"
+        " (did you mean &#39;course_section_created&#39;?)"
+        in html
+    )

@@ -220,6 +220,7 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
             "at": reload.at,
             "trigger": reload.trigger,
             "errors": [redact(e) for e in reload.errors],
+            "warnings": [redact(w) for w in reload.warnings],
             "succeeded": reload.succeeded,
             "failed": reload.failed,
         },
