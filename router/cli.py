@@ -239,10 +239,15 @@ def _seconds(value: float) -> str:
 @click.argument("file", type=click.Path(path_type=Path), default=None, required=False)
 @_templates_option
 @click.option("--plugins-dir", type=click.Path(path_type=Path, file_okay=False))
-def validate(file: Path | None, templates: Path | None, plugins_dir: Path | None) -> None:
+@click.option("--strict", is_flag=True, help="Warnings fail too (exit 1): for CI.")
+def validate(
+    file: Path | None, templates: Path | None, plugins_dir: Path | None, strict: bool
+) -> None:
     """Check a rules file (default: rules.yaml) and its templates; exit 1 on any error.
 
-    Every error is printed as file:line:col: path.to.key: message.
+    Every error is printed as file:line:col: path.to.key: message. Warnings (an event
+    name one slip from a Canvas event, a plugin that did not load) do not fail the
+    check unless --strict is given.
     """
     settings = _settings(rules=file, templates=templates, plugins_dir=plugins_dir)
     plugins = load_plugins(plugins_dir=settings.plugins_dir, blocked=settings.plugins_block)
@@ -255,8 +260,12 @@ def validate(file: Path | None, templates: Path | None, plugins_dir: Path | None
         click.echo(f"{len(exc.errors)} error(s)", err=True)
         sys.exit(1)
     rules = router.rules
-    click.echo(f"{settings.rules}: OK ({len(rules.rules)} rules, {len(rules.channels)} channels)")
     _print_rule_warnings(rules)
+    warnings = len(rules.warnings) + len(plugins.problems)
+    if strict and warnings:
+        click.echo(f"{warnings} warning(s), and --strict", err=True)
+        sys.exit(1)
+    click.echo(f"{settings.rules}: OK ({len(rules.rules)} rules, {len(rules.channels)} channels)")
 
 
 @cli.command("test")

@@ -117,6 +117,10 @@ def test_validate_warns_of_an_event_name_one_slip_from_a_canvas_event(tmp_path: 
         " event (did you mean 'course_completed'?); the rule fires only for events named"
         " exactly so"
     ]
+    strict = CliRunner().invoke(cli, ["validate", "--strict", str(rules)])
+    assert strict.exit_code == 1
+    assert strict.stderr.splitlines()[-1] == "1 warning(s), and --strict"
+    assert "OK" not in strict.stdout
     # The dry run says so too, before its report.
     event = ROOT / "examples" / "events" / "course_completed.json"
     dry = CliRunner().invoke(
@@ -128,7 +132,8 @@ def test_validate_warns_of_an_event_name_one_slip_from_a_canvas_event(tmp_path: 
 
 def test_the_example_rules_file_has_no_warnings() -> None:
     result = CliRunner().invoke(
-        cli, ["validate", str(ROOT / "rules.yaml"), "--templates", str(ROOT / "templates")]
+        cli,
+        ["validate", "--strict", str(ROOT / "rules.yaml"), "--templates", str(ROOT / "templates")],
     )
     assert result.exit_code == 0 and result.stderr == ""
 
@@ -148,6 +153,10 @@ def test_plugins_lists_versions_hooks_and_failures(tmp_path: Path) -> None:
     code, out = run("plugins", "--plugins-dir", str(tmp_path))
     assert code == 1
     assert "FAILED plugin 'bad': failed to import" in out and "missing dependency foo" in out
+    # validate goes on without it, unless --strict.
+    example = [str(ROOT / "rules.yaml"), "--templates", str(ROOT / "templates")]
+    assert run("validate", *example, "--plugins-dir", str(tmp_path))[0] == 0
+    assert run("validate", "--strict", *example, "--plugins-dir", str(tmp_path))[0] == 1
 
 
 def test_help_documents_every_command_and_env_var() -> None:
