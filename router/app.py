@@ -37,7 +37,7 @@ from router.retention import retention_ctx
 from router.routing import Router, RoutingWorker
 from router.rules import load_rules
 from router.settings import Settings
-from router.store import open_store
+from router.store import StoreOpenError, open_store
 from router.templates import Templates
 from router.web import status_page
 
@@ -117,7 +117,10 @@ async def redact_logs(app: web.Application) -> None:
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = open_store(settings.db, synchronous=settings.sqlite_synchronous)
-    await store.open()
+    try:
+        await store.open()
+    except Exception as exc:  # not an OSError any more: `serve` tells the two apart
+        raise StoreOpenError(f"{type(exc).__name__}: {exc}") from exc
     app[STORE] = store
     yield
     await store.close()

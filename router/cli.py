@@ -23,6 +23,7 @@ from router.redact import Redactor
 from router.routing import is_raw_event
 from router.rules import RuleSet
 from router.settings import Settings
+from router.store import StoreOpenError
 
 log = logging.getLogger("router")
 
@@ -151,6 +152,9 @@ def serve(**options: Any) -> None:
             print=None,
             **runner_kwargs,
         )
+    except StoreOpenError as exc:
+        click.echo(f"error: cannot open the store {_store_name(settings.db)}: {exc}", err=True)
+        sys.exit(1)
     except OSError as exc:  # the port is taken, the address is not ours, ...
         reason = exc.strerror or str(exc)
         click.echo(f"error: cannot listen on {settings.host}:{settings.port}: {reason}", err=True)
@@ -220,10 +224,17 @@ def startup_summary(settings: Settings, app: web.Application) -> dict[str, str]:
     return {key: Redactor(rules.secrets)(value) for key, value in summary.items()}
 
 
+def _store_name(db: str) -> str:
+    """The store's URL with its password hidden, or the SQLite file's path."""
+    if "://" in db and not db.startswith("sqlite:"):
+        return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", db)
+    return db.removeprefix("sqlite:///").removeprefix("sqlite://")
+
+
 def _store_label(db: str) -> str:
     if "://" in db and not db.startswith("sqlite:"):
-        return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", db)  # hide a password
-    path = Path(db.removeprefix("sqlite:///").removeprefix("sqlite://"))
+        return _store_name(db)
+    path = Path(_store_name(db))
     size = f", {path.stat().st_size / 1048576:.1f} MiB" if path.exists() else ", new"
     return f"{path} (SQLite{size})"
 

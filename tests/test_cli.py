@@ -290,6 +290,40 @@ def test_serve_on_a_taken_port_says_so(tmp_path: Path) -> None:
     assert "rules file:" not in result.stderr  # the example rules have no warnings
 
 
+def test_serve_says_which_store_it_cannot_open_and_why(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nobody = closed.getsockname()[1]  # bound, never listening: refused
+        for db, expected in [
+            (
+                str(tmp_path / "no" / "such" / "dir" / "r.db"),
+                f"error: cannot open the store {tmp_path}/no/such/dir/r.db:"
+                " OperationalError: unable to open database file",
+            ),
+            (
+                f"postgresql://router:s3cret-pw@127.0.0.1:{nobody}/test",
+                f"error: cannot open the store postgresql://router:***@127.0.0.1:{nobody}/test:"
+                " ConnectionRefusedError:",
+            ),
+        ]:
+            result = subprocess.run(
+                [
+                    sys.executable, "-m", "router.cli", "serve",
+                    "--rules", str(ROOT / "rules.yaml"), "--templates", str(ROOT / "templates"),
+                    "--db", db, "--port", "0", "--log-format", "json",
+                ],
+                capture_output=True, text=True, timeout=60, cwd=tmp_path,
+            )  # fmt: skip
+            assert result.returncode == 1
+            [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+            assert error.startswith(expected), error
+            assert "Traceback" not in result.stderr and "s3cret-pw" not in result.stderr
+
+
 def test_serve_logs_the_rules_warnings_at_startup(tmp_path: Path) -> None:
     import json
     import socket

@@ -18,6 +18,7 @@ from router.store.base import (
     RoutedEvent,
     Store,
     StoreCounts,
+    StoreOpenError,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "RoutedEvent",
     "Store",
     "StoreCounts",
+    "StoreOpenError",
     "open_store",
 ]
 

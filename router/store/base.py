@@ -143,6 +143,11 @@ class Pruned:
         return self.deliveries + self.events + self.digests + self.throttles
 
 
+class StoreOpenError(Exception):
+    """The store could not be opened (a file that cannot be created, a database that
+    does not answer). Its message names the cause, never a password."""
+
+
 @dataclass(frozen=True)
 class StoreCounts:
     """Sizes of the queues, for readiness and metrics."""
