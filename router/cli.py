@@ -23,7 +23,7 @@ from router.redact import Redactor
 from router.routing import is_raw_event
 from router.rules import RuleSet
 from router.settings import Settings
-from router.store import StoreOpenError
+from router.store import StoreOpenError, served
 
 log = logging.getLogger("router")
 
@@ -143,15 +143,16 @@ def serve(**options: Any) -> None:
     if loop_factory is not None:
         runner_kwargs["loop"] = loop_factory()
     try:
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            shutdown_timeout=settings.shutdown_grace,
-            access_log=None,
-            print=None,
-            **runner_kwargs,
-        )
+        with served(settings.db):
+            web.run_app(
+                app,
+                host=settings.host,
+                port=settings.port,
+                shutdown_timeout=settings.shutdown_grace,
+                access_log=None,
+                print=None,
+                **runner_kwargs,
+            )
     except StoreOpenError as exc:
         click.echo(f"error: cannot open the store {_store_name(settings.db)}: {exc}", err=True)
         sys.exit(1)

@@ -302,7 +302,7 @@ def test_serve_says_which_store_it_cannot_open_and_why(tmp_path: Path) -> None:
             (
                 str(tmp_path / "no" / "such" / "dir" / "r.db"),
                 f"error: cannot open the store {tmp_path}/no/such/dir/r.db:"
-                " OperationalError: unable to open database file",
+                " FileNotFoundError: No such file or directory",
             ),
             (
                 f"postgresql://router:s3cret-pw@127.0.0.1:{nobody}/test",

@@ -17,6 +17,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -264,3 +265,44 @@ async def test_sigkill_mid_flood_loses_nothing_and_repeats_nothing(tmp_path: Pat
         for service in services:
             service.kill()
         await receiver_runner.cleanup()
+
+
+async def test_one_process_serves_a_sqlite_file_and_a_killed_one_lets_go(
+    tmp_path: Path,
+) -> None:
+    # Leases live in memory: a second server on the same file would route and
+    # deliver the same events again. Operator commands are welcome meanwhile.
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(webhook_rules("", secret=None))
+    db = tmp_path / "router.db"
+    common = {"db": str(db), "rules": rules, "templates": ROOT / "templates", "workdir": tmp_path}
+    started: list[RouterProcess] = []
+
+    def start(name: str) -> RouterProcess:
+        started.append(
+            RouterProcess(name, port=free_port(), log=tmp_path / f"{name}.log", **common)
+        )
+        return started[-1]
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            first = start("first")
+            await first.wait_healthy(session)
+            second = start("second")
+            assert await asyncio.to_thread(second.proc.wait, 60) == 1
+            assert (
+                f"error: cannot open the store {db}: another router serves this file already"
+                f" (pid {first.proc.pid})" in second.log.read_text()
+            )
+            listing = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "router.cli", "dlq", "list", "--db", str(db)],
+                capture_output=True, text=True, timeout=60, cwd=tmp_path,
+            )  # fmt: skip
+            assert listing.returncode == 0, listing.stderr
+            first.proc.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(first.proc.wait, 10)
+            await start("third").wait_healthy(session)  # the kernel let go of the lock
+    finally:
+        for process in started:
+            process.kill()

@@ -4,6 +4,8 @@
 ``postgresql://`` (or ``postgres://``) URL the PostgreSQL store shared by replicas.
 """
 
+import contextlib
+
 from router.store.base import (
     Accepted,
     DeliveryDetail,
@@ -37,6 +39,7 @@ __all__ = [
     "StoreCounts",
     "StoreOpenError",
     "open_store",
+    "served",
 ]
 
 
@@ -52,3 +55,14 @@ def open_store(url: str, *, synchronous: str = "FULL") -> Store:
 
     path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
     return SqliteStore(path, synchronous=synchronous)
+
+
+def served(url: str) -> contextlib.AbstractContextManager[None]:
+    """Held by ``router serve`` while it runs: a SQLite file is served by one process
+    at a time (raises ``StoreOpenError`` if another holds it); PostgreSQL is shared by
+    replicas, so nothing is held."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return contextlib.nullcontext()
+    from router.store import sqlite
+
+    return sqlite.served(url.removeprefix("sqlite:///").removeprefix("sqlite://"))

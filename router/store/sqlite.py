@@ -9,13 +9,15 @@ so only the failing caller hears of it.
 """
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from router.store.base import (
@@ -32,6 +34,7 @@ from router.store.base import (
     Pruned,
     RoutedEvent,
     StoreCounts,
+    StoreOpenError,
 )
 from router.store.recent_ids import RecentIds
 
@@ -126,6 +129,32 @@ _RECORD = (
     "d.id, d.key, e.id, d.rule, d.channel, d.state, d.attempts, d.created_at,"
     " d.updated_at, d.next_attempt_at, d.last_error, e.name"
 )
+
+
+@contextlib.contextmanager
+def served(path: str) -> Iterator[None]:
+    """Held by ``router serve`` for as long as it serves ``path``: a second server on
+    the same file would route and deliver the same events again, since leases live
+    in memory. Operator commands do not take it. The lock (``<path>.lock``, holding
+    the server's pid) is the kernel's: a killed server releases it by itself."""
+    try:
+        lock_file = open(f"{path}.lock", "a+")
+    except OSError as exc:  # a directory that does not exist, no permission, ...
+        raise StoreOpenError(f"{type(exc).__name__}: {exc.strerror}") from None
+    with lock_file as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            pid = lock.read().strip()
+            raise StoreOpenError(
+                f"another router serves this file already{f' (pid {pid})' if pid else ''};"
+                " one process serves a SQLite file (replicas share PostgreSQL)"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
 
 
 class SqliteStore:
