@@ -187,6 +187,17 @@ class RecordingPressure(IngestPressure):
         self.worked.append(worked)
 
 
+def slow_down(store: Any, method: str, seconds: float = 0.2) -> None:
+    """Make one of the store's methods take ``seconds`` longer."""
+    original = getattr(store, method)
+
+    async def slowed(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(seconds)
+        return await original(*args, **kwargs)
+
+    setattr(store, method, slowed)
+
+
 async def test_delivery_reports_the_time_its_attempts_took(
     service: ServiceFactory, receiver: WebhookReceiver
 ) -> None:
@@ -211,14 +222,7 @@ async def test_delivery_reports_recording_its_outcomes_as_work(
     # take more than its share.
     client = await service(webhook_rules(receiver.url))
     pressure = client.app[DISPATCHER].pressure = RecordingPressure()
-    store = client.app[STORE]
-    finish_delivery = store.finish_delivery
-
-    async def slow_finish_delivery(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(0.2)
-        return await finish_delivery(*args, **kwargs)
-
-    store.finish_delivery = slow_finish_delivery
+    slow_down(client.app[STORE], "finish_delivery")
     await client.post("/events", json=example("course_created"))
     await receiver.wait_for(1)
     for _ in range(100):
@@ -238,14 +242,7 @@ async def test_routing_reports_its_store_round_trips_as_work(
     client = await service(webhook_rules(receiver.url))
     routing = client.app[ROUTING]
     pressure = routing.pressure = RecordingPressure()
-    store = client.app[STORE]
-    record_routing = store.record_routing
-
-    async def slow_record_routing(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(0.2)
-        return await record_routing(*args, **kwargs)
-
-    store.record_routing = slow_record_routing
+    slow_down(client.app[STORE], "record_routing")
     await client.post("/events", json=example("course_created"))
     await receiver.wait_for(1)
     assert pressure.worked and pressure.worked[0] >= 0.2, pressure.worked
