@@ -520,8 +520,28 @@ def load_rules(
         rules=rules,
         defaults=parsed.defaults,
         secrets=secrets,
-        warnings=_event_name_warnings(rules, source),
+        warnings=sorted(
+            _event_name_warnings(rules, source)
+            + _unused_channel_warnings(list(channels), rules, source)
+        ),
     )
+
+
+def _unused_channel_warnings(
+    channels: list[str], rules: list[Rule], source: SourceMap
+) -> list[ConfigError]:
+    """Channels no rule notifies (a disabled rule counts): left over, or forgotten."""
+    used = {channel for rule in rules for channel in rule.spec.notify}
+    return [
+        ConfigError(
+            source.file,
+            *source.key_mark(("channels", name)),
+            f"channels.{name}",
+            f"channel {name!r} is not notified by any rule",
+        )
+        for name in channels
+        if name not in used
+    ]
 
 
 def _event_name_warnings(rules: list[Rule], source: SourceMap) -> list[ConfigError]:

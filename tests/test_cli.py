@@ -102,6 +102,7 @@ def test_validate_warns_of_an_event_name_one_slip_from_a_canvas_event(tmp_path: 
             version: 1
             channels:
               hook: {type: webhook}
+              spare: {type: webhook}
             rules:
               - {name: a, events: [course_complted, grade_change], notify: [hook]}
               - {name: b, events: [course_archived, "course_*"], notify: [hook]}
@@ -110,16 +111,17 @@ def test_validate_warns_of_an_event_name_one_slip_from_a_canvas_event(tmp_path: 
     )
     result = CliRunner().invoke(cli, ["validate", str(rules)], catch_exceptions=False)
     assert result.exit_code == 0  # a warning: any event name may arrive
-    assert result.stdout.strip().endswith("OK (2 rules, 1 channels)")
+    assert result.stdout.strip().endswith("OK (2 rules, 2 channels)")
     # Canvas events, globs and names unlike any (another source's) are left alone.
-    assert result.stderr.splitlines() == [
-        f"warning: {rules}:5:24: rules[0].events[0]: 'course_complted' is not a Canvas"
+    assert result.stderr.splitlines() == [  # in file order
+        f"warning: {rules}:4:3: channels.spare: channel 'spare' is not notified by any rule",
+        f"warning: {rules}:6:24: rules[0].events[0]: 'course_complted' is not a Canvas"
         " event (did you mean 'course_completed'?); the rule fires only for events named"
-        " exactly so"
+        " exactly so",
     ]
     strict = CliRunner().invoke(cli, ["validate", "--strict", str(rules)])
     assert strict.exit_code == 1
-    assert strict.stderr.splitlines()[-1] == "1 warning(s), and --strict"
+    assert strict.stderr.splitlines()[-1] == "2 warning(s), and --strict"
     assert "OK" not in strict.stdout
     # The dry run says so too, before its report.
     event = ROOT / "examples" / "events" / "course_completed.json"
