@@ -258,8 +258,8 @@ def validate(
     """Check a rules file (default: rules.yaml) and its templates; exit 1 on any error.
 
     Every error is printed as file:line:col: path.to.key: message. Warnings (an event
-    name one slip from a Canvas event, a plugin that did not load) do not fail the
-    check unless --strict is given.
+    name one slip from a Canvas event, a channel no rule notifies, a plugin that did
+    not load) do not fail the check unless --strict is given.
     """
     settings = _settings(rules=file, templates=templates, plugins_dir=plugins_dir)
     plugins = load_plugins(plugins_dir=settings.plugins_dir, blocked=settings.plugins_block)

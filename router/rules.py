@@ -257,7 +257,8 @@ class RuleSet:
     rules: list[Rule]
     defaults: Defaults = field(default_factory=Defaults)
     secrets: set[str] = field(default_factory=set)
-    #: Not errors, but likely mistakes: an event name one slip away from a Canvas one.
+    #: Not errors, but likely mistakes: an event name one slip away from a Canvas one,
+    #: a channel that no rule notifies.
     warnings: list[ConfigError] = field(default_factory=list)
     _exact: dict[str, list[int]] = field(default_factory=dict, repr=False)
     _globs: list[tuple[str, int]] = field(default_factory=list, repr=False)
