@@ -130,7 +130,6 @@ def serve(**options: Any) -> None:
             click.echo(str(error), err=True)
         click.echo(f"{len(exc.errors)} error(s) in {settings.rules}; not starting.", err=True)
         sys.exit(1)
-    _startup_summary(settings, app)
     for warning in app[LIVE].router.rules.warnings:
         log.warning("rules file: %s", warning)
     try:
@@ -150,7 +149,9 @@ def serve(**options: Any) -> None:
                 port=settings.port,
                 shutdown_timeout=settings.shutdown_grace,
                 access_log=None,
-                print=None,
+                # aiohttp's banner comes once the port is bound: say what runs then,
+                # not before a taken port or a served store ends it.
+                print=lambda _banner: _startup_summary(settings, app),
                 **runner_kwargs,
             )
     except StoreOpenError as exc:

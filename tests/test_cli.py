@@ -290,6 +290,7 @@ def test_serve_on_a_taken_port_says_so(tmp_path: Path) -> None:
     assert "address already in use" in result.stderr
     assert "Traceback" not in result.stderr
     assert "rules file:" not in result.stderr  # the example rules have no warnings
+    assert "listening on" not in result.stderr  # said only once the port is bound
 
 
 def test_serve_says_which_store_it_cannot_open_and_why(tmp_path: Path) -> None:
