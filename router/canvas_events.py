@@ -2,6 +2,7 @@
 them), so that a misspelt name in a rules file is caught instead of never firing."""
 
 import difflib
+import functools
 
 __all__ = ["CANVAS_EVENTS", "likely_typo"]
 
@@ -97,6 +98,8 @@ CANVAS_EVENTS = frozenset(
 _CUTOFF = 0.85
 
 
+# Rules files repeat their event names, and each rule load (a reload too) asks again.
+@functools.lru_cache(maxsize=4096)
 def likely_typo(name: str) -> str | None:
     """The Canvas event that ``name`` probably meant, or None: for a Canvas event, a
     glob, or a name unlike any (an event of some other source, routed as it is)."""
