@@ -40,20 +40,29 @@ __all__ = [
     "StoreOpenError",
     "open_store",
     "served",
+    "sqlite_path",
 ]
+
+
+def sqlite_path(url: str) -> str | None:
+    """The SQLite file that ``url`` names (``sqlite:///path`` or a plain path), or None
+    for a PostgreSQL URL."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return None
+    return url.removeprefix("sqlite:///").removeprefix("sqlite://")
 
 
 def open_store(url: str, *, synchronous: str = "FULL") -> Store:
     """Return an (unopened) store for ``url``: ``postgresql://user@host/db?schema=NAME``
     (see ``router.store.postgres``; ``synchronous`` does not apply), or
     ``sqlite:///path``, or a plain file path."""
-    if url.startswith(("postgresql://", "postgres://")):
+    path = sqlite_path(url)
+    if path is None:
         from router.store.postgres import PostgresStore
 
         return PostgresStore(url)
     from router.store.sqlite import SqliteStore
 
-    path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
     return SqliteStore(path, synchronous=synchronous)
 
 
@@ -61,8 +70,9 @@ def served(url: str) -> contextlib.AbstractContextManager[None]:
     """Held by ``router serve`` while it runs: a SQLite file is served by one process
     at a time (raises ``StoreOpenError`` if another holds it); PostgreSQL is shared by
     replicas, so nothing is held."""
-    if url.startswith(("postgresql://", "postgres://")):
+    path = sqlite_path(url)
+    if path is None:
         return contextlib.nullcontext()
     from router.store import sqlite
 
-    return sqlite.served(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
+    return sqlite.served(path)
