@@ -311,31 +311,32 @@ def test_templates_refuse_sandbox_escapes(tmp_path: Path, source: str) -> None:
         templates.render("evil.j2", context)
 
 
-def counting(calls: list[str]) -> Any:
-    """A template filter that passes its value through and records it in ``calls``."""
+def render_counted(tmp_path: Path, source: str) -> tuple[Any, list[str]]:
+    """Render ``source`` for COMPLETED; it may use a ``counted`` filter, which passes
+    its value through and records it. Returns the rendered message and the values."""
+    from router.templates import template_context
+
+    calls: list[str] = []
 
     def counted(value: str) -> str:
         calls.append(value)
         return value
 
-    return counted
+    (tmp_path / "counted.j2").write_text(source)
+    templates = Templates(tmp_path, filters={"counted": counted})
+    context = template_context(COMPLETED, event_id="e", rule="r", channel="c")
+    return templates.render("counted.j2", context), calls
 
 
 def test_a_block_reused_through_self_is_rendered_once(tmp_path: Path) -> None:
-    from router.templates import template_context
-
-    calls: list[str] = []
-    counted = counting(calls)
-    (tmp_path / "reuse.j2").write_text(
+    rendered, calls = render_counted(
+        tmp_path,
         "{% block title %}<b>{{ body.course.name | counted }}</b>{% endblock %}"
         "{% block text %}{{ self.title() }}|{{ self.title() | trim }}{% endblock %}"
         "{% block json %}{% autoescape true %}{{ self.title() }}{% endautoescape %}"
         "|{% autoescape true %}{{ body.course.name ~ '<i>' }}{% endautoescape %}"
-        "{% endblock %}"
+        "{% endblock %}",
     )
-    templates = Templates(tmp_path, filters={"counted": counted})
-    context = template_context(COMPLETED, event_id="e", rule="r", channel="c")
-    rendered = templates.render("reuse.j2", context)
     name = COMPLETED["body"]["course"]["name"]
     assert rendered.title == f"<b>{name}</b>"
     assert rendered.text == f"<b>{name}</b>|<b>{name}</b>"
@@ -345,17 +346,11 @@ def test_a_block_reused_through_self_is_rendered_once(tmp_path: Path) -> None:
 
 
 def test_the_html_block_is_rendered_once_and_escaped(tmp_path: Path) -> None:
-    from router.templates import template_context
-
-    calls: list[str] = []
-    counted = counting(calls)
-    (tmp_path / "mail.j2").write_text(
+    rendered, calls = render_counted(
+        tmp_path,
         "{% block title %}t{% endblock %}{% block text %}x{% endblock %}"
-        "{% block html %}<p>{{ (body.course.name ~ ' <i>') | counted }}</p>{% endblock %}"
+        "{% block html %}<p>{{ (body.course.name ~ ' <i>') | counted }}</p>{% endblock %}",
     )
-    templates = Templates(tmp_path, filters={"counted": counted})
-    context = template_context(COMPLETED, event_id="e", rule="r", channel="c")
-    rendered = templates.render("mail.j2", context)
     name = COMPLETED["body"]["course"]["name"]
     assert rendered.blocks["html"] == f"<p>{name} &lt;i&gt;</p>"
     assert calls == [f"{name} <i>"]
