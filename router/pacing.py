@@ -22,7 +22,8 @@ __all__ = ["IngestPressure"]
 
 CROWDED = 16  # ingest requests in flight at once that mean "the CPU is the limit"...
 CROWDED_FOR = 0.05  # ...when it lasts: moments of crowding this close, this long
-LONGEST_PAUSE = 0.1
+PAUSE_SLICE = 0.1  # a pause looks this often whether the burst is over
+LONGEST_PAUSE = 1.0  # bounds the wait for a notification while a flood lasts
 
 
 class IngestPressure:
@@ -77,15 +78,23 @@ class IngestPressure:
             await self.pause(min(LONGEST_PAUSE, worked * (1 - self.share) / self.share))
 
     async def pause(self, seconds: float) -> None:
-        """Let ingest have the CPU for ``seconds``. If it kept up meanwhile (on
-        average fewer than ``CROWDED / 2`` requests in flight), ingest alone does not
-        saturate the CPU: the burst is over. (Not the count at the end of the pause:
-        group commit answers requests in bunches, so under a flood it drops to a few
-        now and then; at a steady rate ingest alone keeps up, and the average stays
-        low.)"""
-        started = self._count()
-        area = self._area
-        await asyncio.sleep(seconds)
-        ended = self._count()
-        if ended > started and (self._area - area) / (ended - started) < CROWDED / 2:
-            self._episode_last = -1.0
+        """Let ingest have the CPU for ``seconds``, in slices of ``PAUSE_SLICE``. If
+        ingest kept up during a slice (on average fewer than ``CROWDED / 2`` requests
+        in flight), ingest alone does not saturate the CPU: the burst is over, and so
+        is the pause. (Not the count at the end of a slice: group commit answers
+        requests in bunches, so under a flood it drops to a few now and then; at a
+        steady rate ingest alone keeps up, and the average stays low.)
+
+        The pause is not cut to a slice: a batch of background work can take longer
+        than a slice, and pausing a slice after it would give it most of the time."""
+        remaining = seconds
+        while remaining > 0:
+            started = self._count()
+            area = self._area
+            step = min(PAUSE_SLICE, remaining)
+            await asyncio.sleep(step)
+            remaining -= step
+            ended = self._count()
+            if ended > started and (self._area - area) / (ended - started) < CROWDED / 2:
+                self._episode_last = -1.0
+                return
