@@ -26,7 +26,7 @@ from router.appkeys import (
 )
 from router.canvas_jwt import JwksVerifier
 from router.dispatch import Dispatcher, RetryPolicy, close_channels, open_channels
-from router.ingest import post_events, problem
+from router.ingest import Ingest, problem
 from router.logs import update_redactor
 from router.metrics import Metrics, metrics_handler
 from router.pacing import IngestPressure
@@ -78,7 +78,9 @@ def create_app(settings: Settings, *, plugins: Plugins | None = None) -> web.App
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_post("/events", post_events)
+    ingest = Ingest(app)
+    app.on_startup.append(ingest.bind)  # after the contexts: the store is open by then
+    app.router.add_post("/events", ingest.post_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from router.appkeys import DRAINING, JWKS, METRICS, PRESSURE, ROUTING, SETTINGS, STORE
-from router.canvas_jwt import JwtError, KeysUnavailable
+from router.canvas_jwt import JwksVerifier, JwtError, KeysUnavailable
 from router.events import (
     BadRequest,
     InvalidEvents,
@@ -22,6 +22,8 @@ from router.events import (
     TooManyItems,
     parse_body,
 )
+from router.routing import RoutingWorker
+from router.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -38,56 +40,6 @@ def problem(status: int, message: str, **extra: object) -> web.Response:
 def _looks_like_jwt(data: bytes) -> bool:
     # The prefix test first: a JSON body fails it without copying or scanning.
     return data[:3] == b"eyJ" and data.strip().count(b".") == 2 and b"{" not in data
-
-
-async def _read(request: web.Request, limit: int) -> bytes | web.Response:
-    if request.content_length is not None and request.content_length > limit:
-        return problem(413, f"body is {request.content_length} bytes; the limit is {limit}")
-    try:
-        return await request.read()  # the app's client_max_size is the same limit
-    except web.HTTPRequestEntityTooLarge:
-        return problem(413, f"body exceeds the limit of {limit} bytes")
-
-
-def _authorized(request: web.Request) -> bool:
-    token = request.app[SETTINGS].ingest_token
-    if token is None:
-        return True
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    expected = token.get_secret_value().encode()
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
-
-
-async def _events_from(request: web.Request, data: bytes) -> list[ParsedEvent] | web.Response:
-    settings = request.app[SETTINGS]
-    ctype = request.content_type.lower() if request.headers.get("Content-Type") else ""
-    if ctype in JWT_TYPES or (ctype in JSON_TYPES and _looks_like_jwt(data)):
-        verifier = request.app[JWKS]
-        if verifier is None:
-            return problem(401, "signed (JWT) delivery received but ROUTER_JWKS_URL is not set")
-        try:
-            claims = await verifier.verify(data.strip().decode("ascii", "replace"))
-        except KeysUnavailable as exc:
-            return web.json_response(
-                {"error": f"cannot check the signature now: {exc}; retry later"},
-                status=503,
-                headers={"Retry-After": "30"},
-            )
-        except JwtError as exc:
-            return problem(401, f"signature rejected: {exc}")
-        return parse_body_or_error(_claims_bytes(claims), ndjson=False, max_items=1)
-    if settings.require_signed:
-        return problem(401, "only signed (JWT) deliveries are accepted")
-    if ctype in NDJSON_TYPES:
-        return parse_body_or_error(data, ndjson=True, max_items=settings.max_batch_items)
-    if ctype in JSON_TYPES or ctype.endswith("+json"):
-        return parse_body_or_error(data, ndjson=False, max_items=settings.max_batch_items)
-    return problem(
-        415,
-        f"unsupported content type {ctype!r}; send application/json,"
-        " application/x-ndjson or application/jwt",
-    )
 
 
 def _claims_bytes(claims: dict[str, Any]) -> bytes:
@@ -114,71 +66,142 @@ def parse_body_or_error(
         )
 
 
-async def post_events(request: web.Request) -> web.Response:
-    """Accept events; 202 only once they are durable."""
-    pressure = request.app[PRESSURE]
-    pressure.enter()
-    try:
-        return await _accept(request)
-    finally:
-        pressure.leave()
+class Ingest:
+    """The ``POST /events`` handler. It holds what every request needs; what starts
+    with the service (the store, the routing worker, the JWKS verifier) is bound by
+    ``bind``, an ``on_startup`` hook that runs once they are up."""
 
+    store: Store
+    routing: RoutingWorker
+    jwks: JwksVerifier | None
 
-async def _accept(request: web.Request) -> web.Response:
-    app = request.app
-    metrics = app[METRICS]
-    metrics.requests.inc()
-    if app[DRAINING].is_set():
-        metrics.rejected[503].inc()
-        return web.json_response(
-            {"error": "shutting down; retry later"}, status=503, headers={"Retry-After": "5"}
-        )
-    if not _authorized(request):
-        metrics.rejected[401].inc()
-        return web.json_response(
-            {"error": "missing or wrong bearer token"},
-            status=401,
-            headers={"WWW-Authenticate": 'Bearer realm="router"'},
-        )
-    data = await _read(request, app[SETTINGS].max_body_bytes)
-    if isinstance(data, web.Response):
-        metrics.rejected[data.status].inc()
-        return data
-    events = await _events_from(request, data)
-    if isinstance(events, web.Response):
-        if events.status == 503:  # the JWKS could not be fetched
-            metrics.keys_unavailable.inc()
-        else:
-            metrics.rejected[events.status].inc()
-        return events
-    try:
-        accepted = await app[STORE].accept_events(
-            [(e.id, e.name, e.payload) for e in events],
-            dedupe_window=app[SETTINGS].dedupe_window,
-            now=time.time(),
-        )
-    except Exception as exc:  # a full disk, a lost database: the sender must retry
-        log.error("events not stored: %s: %s", type(exc).__name__, exc)
-        metrics.store_failed.inc()
-        # Only the type: a database's message is for the log, not for whoever posted.
-        return web.json_response(
-            {
-                "error": f"the store failed ({type(exc).__name__}); retry later"
-                " (a retry is safe: a repeat is recognised as a duplicate)"
-            },
-            status=503,
-            headers={"Retry-After": "5"},
-        )
-    app[ROUTING].wake()
-    duplicates = sum(answer.duplicate for answer in accepted)
-    if log.isEnabledFor(logging.INFO):
-        for event, answer in zip(events, accepted, strict=True):
-            log.info(
-                "event duplicate" if answer.duplicate else "event accepted",
-                extra={"event_id": answer.id, "event_name": event.name},
+    def __init__(self, app: web.Application) -> None:
+        settings = app[SETTINGS]
+        self.settings = settings
+        self.metrics = app[METRICS]
+        self.pressure = app[PRESSURE]
+        self.draining = app[DRAINING]
+        token = settings.ingest_token
+        self._token = None if token is None else token.get_secret_value().encode()
+
+    async def bind(self, app: web.Application) -> None:
+        """Take the collaborators that the app's contexts have started."""
+        self.store = app[STORE]
+        self.routing = app[ROUTING]
+        self.jwks = app[JWKS]
+
+    async def post_events(self, request: web.Request) -> web.Response:
+        """Accept events; 202 only once they are durable."""
+        self.pressure.enter()
+        try:
+            return await self._accept(request)
+        finally:
+            self.pressure.leave()
+
+    async def _accept(self, request: web.Request) -> web.Response:
+        metrics = self.metrics
+        metrics.requests.inc()
+        if self.draining.is_set():
+            metrics.rejected[503].inc()
+            return web.json_response(
+                {"error": "shutting down; retry later"}, status=503, headers={"Retry-After": "5"}
             )
-    metrics.accepted.inc(len(accepted) - duplicates)
-    if duplicates:
-        metrics.duplicates.inc(duplicates)
-    body = orjson.dumps({"accepted": [{"id": a.id, "duplicate": a.duplicate} for a in accepted]})
-    return web.Response(body=body, status=202, content_type="application/json")
+        if not self._authorized(request):
+            metrics.rejected[401].inc()
+            return web.json_response(
+                {"error": "missing or wrong bearer token"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="router"'},
+            )
+        data = await self._read(request)
+        if not isinstance(data, bytes):
+            metrics.rejected[data.status].inc()
+            return data
+        events = await self._events_from(request, data)
+        if not isinstance(events, list):
+            if events.status == 503:  # the JWKS could not be fetched
+                metrics.keys_unavailable.inc()
+            else:
+                metrics.rejected[events.status].inc()
+            return events
+        try:
+            accepted = await self.store.accept_events(
+                [(e.id, e.name, e.payload) for e in events],
+                dedupe_window=self.settings.dedupe_window,
+                now=time.time(),
+            )
+        except Exception as exc:  # a full disk, a lost database: the sender must retry
+            log.error("events not stored: %s: %s", type(exc).__name__, exc)
+            metrics.store_failed.inc()
+            # Only the type: a database's message is for the log, not for whoever posted.
+            return web.json_response(
+                {
+                    "error": f"the store failed ({type(exc).__name__}); retry later"
+                    " (a retry is safe: a repeat is recognised as a duplicate)"
+                },
+                status=503,
+                headers={"Retry-After": "5"},
+            )
+        self.routing.wake()
+        duplicates = sum(answer.duplicate for answer in accepted)
+        if log.isEnabledFor(logging.INFO):
+            for event, answer in zip(events, accepted, strict=True):
+                log.info(
+                    "event duplicate" if answer.duplicate else "event accepted",
+                    extra={"event_id": answer.id, "event_name": event.name},
+                )
+        metrics.accepted.inc(len(accepted) - duplicates)
+        if duplicates:
+            metrics.duplicates.inc(duplicates)
+        body = orjson.dumps(
+            {"accepted": [{"id": a.id, "duplicate": a.duplicate} for a in accepted]}
+        )
+        return web.Response(body=body, status=202, content_type="application/json")
+
+    def _authorized(self, request: web.Request) -> bool:
+        expected = self._token
+        if expected is None:
+            return True
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+
+    async def _read(self, request: web.Request) -> bytes | web.Response:
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return problem(413, f"body is {request.content_length} bytes; the limit is {limit}")
+        try:
+            return await request.read()  # the app's client_max_size is the same limit
+        except web.HTTPRequestEntityTooLarge:
+            return problem(413, f"body exceeds the limit of {limit} bytes")
+
+    async def _events_from(
+        self, request: web.Request, data: bytes
+    ) -> list[ParsedEvent] | web.Response:
+        settings = self.settings
+        ctype = request.content_type.lower() if request.headers.get("Content-Type") else ""
+        if ctype in JWT_TYPES or (ctype in JSON_TYPES and _looks_like_jwt(data)):
+            if self.jwks is None:
+                return problem(401, "signed (JWT) delivery received but ROUTER_JWKS_URL is not set")
+            try:
+                claims = await self.jwks.verify(data.strip().decode("ascii", "replace"))
+            except KeysUnavailable as exc:
+                return web.json_response(
+                    {"error": f"cannot check the signature now: {exc}; retry later"},
+                    status=503,
+                    headers={"Retry-After": "30"},
+                )
+            except JwtError as exc:
+                return problem(401, f"signature rejected: {exc}")
+            return parse_body_or_error(_claims_bytes(claims), ndjson=False, max_items=1)
+        if settings.require_signed:
+            return problem(401, "only signed (JWT) deliveries are accepted")
+        if ctype in NDJSON_TYPES:
+            return parse_body_or_error(data, ndjson=True, max_items=settings.max_batch_items)
+        if ctype in JSON_TYPES or ctype.endswith("+json"):
+            return parse_body_or_error(data, ndjson=False, max_items=settings.max_batch_items)
+        return problem(
+            415,
+            f"unsupported content type {ctype!r}; send application/json,"
+            " application/x-ndjson or application/jwt",
+        )
