@@ -3,6 +3,10 @@
 One run measures, with the same load generator and the same settings:
 
 * ``bare-aiohttp``: ``bench/bare_server.py``, reads the body and answers 202;
+* ``durable-floor``: ``bench/floor_server.py``, the least a durable ingest can do on
+  this stack (parse, canonical JSON, hash, two SQLite inserts, group commit with
+  ``synchronous=FULL``): not a target, a lower bound that tells the router's own
+  overhead from the cost of durability;
 * ``router``: ``router serve`` with durability on (SQLite WAL, ``synchronous=FULL``),
   a fresh database and a rule that routes the posted event to a log-only webhook.
 
@@ -10,16 +14,17 @@ Each request posts ``examples/events/course_completed.json`` with a distinct
 ``metadata.request_id``, so no event is deduplicated. Servers run pinned to one core,
 the load generator to the other.
 
-Machine speed drifts over tens of seconds, so the two servers are measured interleaved,
-not one after the other: both are started at once, each is warmed up once, then
+Machine speed drifts over tens of seconds, so the servers are measured interleaved,
+not one after the other: all are started at once, each is warmed up once, then
 ``rounds`` rounds load each for ``slice`` seconds (2 s slices, an even number of rounds
-filling the duration; ``--quick``: 2 rounds of 1 s), the order alternating (bare then
-router, router then bare, ...) so a linear drift cancels. The server not under load is
-frozen with SIGSTOP (its whole process group) and resumed with SIGCONT for its own
-slices, so the router's background routing of its backlog never runs during a bare
-slice. Per server: requests/s = all answers / all measured seconds; p50 and p99 = the
-median of the per-slice p50 and p99. The per-round ratios are reported next to the
-headline ratio (total router req/s / total bare req/s).
+filling the duration; ``--quick``: 2 rounds of 1 s), the order alternating (bare,
+floor, router, then router, floor, bare, ...) so a linear drift cancels. The servers not
+under load are frozen with SIGSTOP (each its whole process group) and resumed with
+SIGCONT for their own slices, so the router's background routing of its backlog never
+runs during another server's slice. Per server: requests/s = all answers / all measured
+seconds; p50 and p99 = the median of the per-slice p50 and p99. The per-round ratios
+are reported next to the headline ratio (total router req/s / total bare req/s), and
+the floor's ratio to bare and the router's to the floor after it.
 
 After the run, the number of events in the router's SQLite ``events`` table is checked
 against the number of 202 answers it gave (warm-up and every slice).
@@ -57,6 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EVENT_FILE = ROOT / "examples" / "events" / "course_completed.json"
 TEMPLATES = ROOT / "templates"
 TARGET_RATIO = 0.35
+FLOOR = "durable-floor"
 WARMUP_SECONDS = 1.0
 SLICE_SECONDS = 2.0  # one server's share of a round
 SHUTDOWN_GRACE = 5.0
@@ -575,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load generator: {generator_note}")
         print(f"cpus: {pin_note}")
         print(
-            f"load: {args.connections} connections; both servers up at once, each warmed up"
+            f"load: {args.connections} connections; all servers up at once, each warmed up"
             f" {WARMUP_SECONDS:g}s, then {rounds} rounds x {slice_s:g}s per server, interleaved"
             f" (order alternating each round), the idle server frozen with SIGSTOP;"
             f" body {EVENT_FILE.relative_to(ROOT)} with a distinct {DEFAULT_FIELD} per request"
@@ -585,9 +591,10 @@ def main(argv: list[str] | None = None) -> int:
             f" synchronous={args.synchronous}; --log-level WARNING\n",
             flush=True,
         )
-        bare_port, router_port = free_port(), free_port()
-        while router_port == bare_port:
-            router_port = free_port()
+        ports: set[int] = set()
+        while len(ports) < 3:
+            ports.add(free_port())
+        bare_port, floor_port, router_port = sorted(ports)
         targets = {
             "bare-aiohttp": (
                 Server(
@@ -597,6 +604,18 @@ def main(argv: list[str] | None = None) -> int:
                     workdir / "bare.log",
                 ),
                 bare_port,
+            ),
+            FLOOR: (
+                Server(
+                    FLOOR,
+                    [
+                        *(sys.executable, "-m", "bench.floor_server"),
+                        *("--port", str(floor_port), "--db", str(workdir / "floor.db")),
+                    ],
+                    dict(os.environ),
+                    workdir / "floor.log",
+                ),
+                floor_port,
             ),
             "router": (
                 Server(
@@ -698,6 +717,14 @@ def main(argv: list[str] | None = None) -> int:
             )
     if not store["ok"]:
         problems.append("router: events in SQLite do not match the 202 answers")
+    floor = results[FLOOR]
+    floor_ratio = floor["rps"] / bare["rps"] if bare["rps"] else 0.0
+    router_vs_floor = router["rps"] / floor["rps"] if floor["rps"] else 0.0
+    print(
+        f"floor ({FLOOR}/bare) = {floor_ratio:.2f}: the most a durable ingest on this stack"
+        " reached here (bench/floor_server.py)"
+    )
+    print(f"router/floor = {router_vs_floor:.2f}: what the router's own work leaves of it")
     print("ratio per round (router/bare): " + ", ".join(fmt(r) for r in round_ratios))
     print(f"ratio (router/bare) = {ratio:.2f} (target >= {TARGET_RATIO})")
 
@@ -717,6 +744,8 @@ def main(argv: list[str] | None = None) -> int:
                     "router_store": store,
                     "round_ratios": round_ratios,
                     "ratio": ratio,
+                    "floor_ratio": floor_ratio,
+                    "router_vs_floor": router_vs_floor,
                     "target_ratio": TARGET_RATIO,
                     "problems": problems,
                 },

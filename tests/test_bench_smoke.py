@@ -63,4 +63,6 @@ def test_the_whole_suite_runs_quick(tmp_path: Path) -> None:
     assert data["mode"] == "quick" and data["broken"] == []
     numbered = {row["scenario"].split(".")[0].rstrip("abc") for row in data["rows"]}
     assert numbered == {"1", "2", "3", "4", "5", "6"}, numbered
+    [floor] = [row for row in data["rows"] if row["scenario"].startswith("1. durable floor")]
+    assert 0 < floor["ratio"] < 2, floor
     assert all(row["ours"] not in ("", "—") for row in data["rows"]), data["rows"]
