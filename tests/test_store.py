@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from router.store import NewDelivery, RoutedEvent, open_store
-from router.store.sqlite import MIGRATIONS, SqliteStore
+from router.store.sqlite import MIGRATIONS, SqliteStore, _state_checks_as_comparisons
 
 
 @pytest.fixture
@@ -226,3 +226,29 @@ async def test_a_store_from_before_the_state_check_rewrite_is_migrated(tmp_path:
             ("new", "pending"),
         ]
         assert_state_checks_are_cheap_and_hold(conn)
+
+
+def test_a_build_that_forbids_editing_the_schema_keeps_the_old_checks(tmp_path: Path) -> None:
+    # Stands in for SQLITE_DBCONFIG_DEFENSIVE: an authorizer refusing writes to the schema.
+    with sqlite3.connect(tmp_path / "d.db", isolation_level=None) as conn:
+        for script in MIGRATIONS[:4]:
+            assert isinstance(script, str)
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+        before = conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
+
+        def authorizer(action: int, table: str | None, *_: object) -> int:
+            refused = action == sqlite3.SQLITE_UPDATE and table == "sqlite_master"
+            return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+        conn.set_authorizer(authorizer)
+        conn.execute("BEGIN IMMEDIATE")
+        _state_checks_as_comparisons(conn)  # logs, does not raise
+        conn.execute(
+            "INSERT INTO events (id, name, received_at, state) VALUES ('a','e',1,'pending')"
+        )
+        conn.execute("COMMIT")
+        conn.set_authorizer(None)
+        assert conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == before
+        assert conn.execute("PRAGMA writable_schema").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1

@@ -61,6 +61,7 @@ def _state_checks_as_comparisons(conn: sqlite3.Connection) -> None:
     A build that forbids editing the schema (``SQLITE_DBCONFIG_DEFENSIVE``) keeps the
     old definitions: slower, equally correct."""
     version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    conn.execute("SAVEPOINT state_checks")  # all tables or none
     try:
         conn.execute("PRAGMA writable_schema=ON")
         for table, states in _STATE_CHECKS.items():
@@ -73,9 +74,11 @@ def _state_checks_as_comparisons(conn: sqlite3.Connection) -> None:
             )
         conn.execute(f"PRAGMA schema_version={version + 1}")
     except sqlite3.DatabaseError as exc:
+        conn.execute("ROLLBACK TO state_checks")
         log.info("store: state checks left as they are (%s)", exc)
     finally:
         conn.execute("PRAGMA writable_schema=OFF")
+        conn.execute("RELEASE state_checks")
 
 
 MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
