@@ -37,6 +37,16 @@ def start_burst(clock: Clock, pressure: IngestPressure) -> None:
         crowd(pressure)
 
 
+def flooded(share: float) -> tuple[Clock, IngestPressure]:
+    """A burst under way, with CROWDED requests in flight."""
+    clock = Clock()
+    pressure = IngestPressure(share=share, clock=clock)
+    start_burst(clock, pressure)
+    for _ in range(CROWDED):
+        pressure.enter()
+    return clock, pressure
+
+
 def test_fewer_requests_in_flight_is_never_crowded() -> None:
     clock = Clock()
     pressure = IngestPressure(clock=clock)
@@ -114,8 +124,7 @@ async def test_background_work_pauses_for_its_share_only_while_crowded(
 async def test_a_pause_after_which_ingest_has_caught_up_ends_the_burst(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = Clock()
-    pressure = IngestPressure(share=0.25, clock=clock)
+    clock, pressure = flooded(share=0.25)
     ingest_keeps_up = False
 
     async def sleep(seconds: float) -> None:
@@ -124,9 +133,6 @@ async def test_a_pause_after_which_ingest_has_caught_up_ends_the_burst(
         clock.now += seconds
 
     monkeypatch.setattr(asyncio, "sleep", sleep)
-    start_burst(clock, pressure)
-    for _ in range(CROWDED):
-        pressure.enter()
     clock.now += 0.001
     await pressure.pause(0.01)
     assert pressure.crowded  # a saturating flood: still crowded after the pause
@@ -139,8 +145,7 @@ async def test_a_pause_after_which_ingest_has_caught_up_ends_the_burst(
 async def test_a_long_pause_ends_with_the_first_slice_in_which_ingest_kept_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = Clock()
-    pressure = IngestPressure(share=0.1, clock=clock)
+    clock, pressure = flooded(share=0.1)
     slept: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -151,9 +156,6 @@ async def test_a_long_pause_ends_with_the_first_slice_in_which_ingest_kept_up(
         clock.now += seconds
 
     monkeypatch.setattr(asyncio, "sleep", sleep)
-    start_burst(clock, pressure)
-    for _ in range(CROWDED):
-        pressure.enter()
     await pressure.pause(LONGEST_PAUSE)
     assert slept == [PAUSE_SLICE] * 3
     assert not pressure.crowded
@@ -162,8 +164,7 @@ async def test_a_long_pause_ends_with_the_first_slice_in_which_ingest_kept_up(
 async def test_a_flood_that_dips_below_crowded_between_commits_is_still_a_burst(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = Clock()
-    pressure = IngestPressure(share=0.1, clock=clock)
+    clock, pressure = flooded(share=0.1)
 
     async def sleep(seconds: float) -> None:
         # CROWDED requests in flight for most of the pause, then a commit answers them.
@@ -173,9 +174,6 @@ async def test_a_flood_that_dips_below_crowded_between_commits_is_still_a_burst(
         clock.now += seconds * 0.1
 
     monkeypatch.setattr(asyncio, "sleep", sleep)
-    start_burst(clock, pressure)
-    for _ in range(CROWDED):
-        pressure.enter()
     await pressure.pause(0.01)
     assert pressure.in_flight == 0
     assert pressure.crowded  # the count at the end of the pause is not the measure
