@@ -583,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"load: {args.connections} connections; all servers up at once, each warmed up"
             f" {WARMUP_SECONDS:g}s, then {rounds} rounds x {slice_s:g}s per server, interleaved"
-            f" (order alternating each round), the idle server frozen with SIGSTOP;"
+            f" (order alternating each round), the idle servers frozen with SIGSTOP;"
             f" body {EVENT_FILE.relative_to(ROOT)} with a distinct {DEFAULT_FIELD} per request"
         )
         print(
