@@ -232,27 +232,6 @@ async def test_routing_and_claims_with_leases(store: PostgresStore) -> None:
     assert await store.claim_deliveries("a", 5, lease=30, now=now + 100) == []
 
 
-async def test_claims_are_oldest_first_and_limited(store: PostgresStore) -> None:
-    now = time.time()
-    await accept(store, *(f"e{i}" for i in range(10)), now=now)
-    first = await store.claim_events(4, lease=30, now=now)
-    second = await store.claim_events(4, lease=30, now=now)
-    assert [e.id for e in first] == ["e0", "e1", "e2", "e3"]
-    assert [e.id for e in second] == ["e4", "e5", "e6", "e7"]
-    events = first + second
-    await store.record_routing(
-        [routed(e, NewDelivery(f"{e.id}:r:c", "r", "c", b"{}")) for e in events], now=now
-    )
-    jobs = await store.claim_deliveries("c", 8, lease=30, now=now)
-    assert [j.event_id for j in jobs] == [e.id for e in events]
-    for i, job in enumerate(jobs):  # retries fall due in the opposite order
-        await store.finish_delivery(
-            job.id, "pending", attempts=1, now=now, next_attempt_at=now + 10 - i
-        )
-    jobs = await store.claim_deliveries("c", 3, lease=30, now=now + 10)
-    assert [j.event_id for j in jobs] == ["e7", "e6", "e5"]  # earliest due first
-
-
 async def test_expired_leases_are_taken_over_and_a_named_replica_releases_its_own(
     pg_schema: str,
 ) -> None:

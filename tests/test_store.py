@@ -1,4 +1,5 @@
-"""The SQLite store on a real file: durability, group commit, migrations, leases."""
+"""The SQLite store on a real file: durability, group commit, migrations, leases; and
+the claim order every store keeps, on both backends."""
 
 import asyncio
 import sqlite3
@@ -252,3 +253,33 @@ def test_a_build_that_forbids_editing_the_schema_keeps_the_old_checks(tmp_path: 
         assert conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == before
         assert conn.execute("PRAGMA writable_schema").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+
+
+async def test_claims_are_oldest_first_and_limited(db_url: str) -> None:
+    # The store contract, on both backends.
+    store = open_store(db_url)
+    await store.open()
+    try:
+        now = time.time()
+        await store.accept_events(
+            [(f"e{i}", "e", b"{}") for i in range(10)], dedupe_window=60, now=now
+        )
+        first = await store.claim_events(4, lease=30, now=now)
+        second = await store.claim_events(4, lease=30, now=now)
+        assert [e.id for e in first] == ["e0", "e1", "e2", "e3"]
+        assert [e.id for e in second] == ["e4", "e5", "e6", "e7"]
+        events = first + second
+        await store.record_routing(
+            [RoutedEvent(e, [NewDelivery(f"{e.id}:r:c", "r", "c", b"{}")]) for e in events],
+            now=now,
+        )
+        jobs = await store.claim_deliveries("c", 8, lease=30, now=now)
+        assert [j.event_id for j in jobs] == [e.id for e in events]
+        for i, job in enumerate(jobs):  # retries fall due in the opposite order
+            await store.finish_delivery(
+                job.id, "pending", attempts=1, now=now, next_attempt_at=now + 10 - i
+            )
+        jobs = await store.claim_deliveries("c", 3, lease=30, now=now + 10)
+        assert [j.event_id for j in jobs] == ["e7", "e6", "e5"]  # earliest due first
+    finally:
+        await store.close()

@@ -471,14 +471,18 @@ class SqliteStore:
             ids = [row[0] for row in due if row[0] not in leased][:limit]
             if not ids:
                 return []
+            # One row per id, looked up by rowid: an IN list and ORDER BY here would each
+            # build a temporary b-tree per claim (SQLite 3.40), 30 % of the query's cost.
             rows = conn.execute(
                 "SELECT d.id, d.key, e.id, e.name, d.rule, d.channel, d.message, p.payload,"
                 " d.attempts, d.created_at, e.received_at"
-                " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
-                " JOIN event_payloads p ON p.seq = d.event_seq"
-                " WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY d.next_attempt_at",
+                " FROM json_each(?) j CROSS JOIN deliveries d ON d.id = j.value"
+                " JOIN events e ON e.seq = d.event_seq"
+                " JOIN event_payloads p ON p.seq = d.event_seq",
                 (json.dumps(ids),),
             ).fetchall()
+            due_order = {delivery_id: index for index, delivery_id in enumerate(ids)}
+            rows.sort(key=lambda row: due_order[row[0]])  # oldest due first, as claimed
             jobs = [DeliveryJob(*row) for row in rows]
             leased.update((job.id, now + lease) for job in jobs)
             return jobs
