@@ -472,7 +472,7 @@ class SqliteStore:
             if not ids:
                 return []
             # One row per id, looked up by rowid: an IN list and ORDER BY here would each
-            # build a temporary b-tree per claim (SQLite 3.40), 30 % of the query's cost.
+            # build a temporary b-tree per claim (SQLite 3.40): up to a third of its cost.
             rows = conn.execute(
                 "SELECT d.id, d.key, e.id, e.name, d.rule, d.channel, d.message, p.payload,"
                 " d.attempts, d.created_at, e.received_at"
