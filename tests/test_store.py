@@ -172,7 +172,7 @@ HOT_STATEMENTS = [
 
 def assert_state_checks_are_cheap_and_hold(conn: sqlite3.Connection) -> None:
     # SQLite turns a CHECK of `state IN (3+ values)` into a temporary b-tree built on
-    # every insert and update (OpenEphemeral): about 30 k instructions per statement.
+    # every insert and update (OpenEphemeral): about 30 k instructions per event insert.
     for sql, params in HOT_STATEMENTS:
         ops = [row[1] for row in conn.execute(f"EXPLAIN {sql}", (1,) * params)]
         assert "OpenEphemeral" not in ops, sql

@@ -54,10 +54,10 @@ _STATE_CHECKS = {
 def _state_checks_as_comparisons(conn: sqlite3.Connection) -> None:
     """SQLite checks ``state IN ('a', 'b', 'c')`` (three values or more) by building a
     temporary b-tree of the list on every insert and update of the row: measured,
-    about 30 k instructions per statement, 6 % of all the router spends on ingesting an
-    event. Written as comparisons, the same constraint costs next to nothing. A CHECK
-    does not change how rows are stored, so the table definitions are edited in place,
-    the way SQLite's documentation gives for such changes (lang_altertable.html,
+    about 30 k instructions per insert of an event, 6 % of all the router spends on
+    ingesting it. Written as comparisons, the same constraint costs next to nothing.
+    A CHECK does not change how rows are stored, so the table definitions are edited
+    in place, the way SQLite's documentation gives for such changes (lang_altertable.html,
     "Making Other Kinds Of Table Schema Changes"). A build that forbids editing the
     schema (``SQLITE_DBCONFIG_DEFENSIVE``) keeps the old definitions: slower, equally
     correct."""
