@@ -73,3 +73,20 @@ def test_access_tokens_in_canvas_urls_are_redacted() -> None:
     assert "access_token=***&course_section" in redacted
     assert Redactor(["hunter2-secret"])("pw is hunter2-secret!") == "pw is ***!"
     assert Redactor()("Authorization: Bearer abc.def") == "Authorization: Bearer ***"
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        ("GET /api?ACCESS_TOKEN=abc123&x=1", "GET /api?ACCESS_TOKEN=***&x=1"),
+        ("next=%2Fx%3Faccess_token%3Dabc123", "next=%2Fx%3Faccess_token%3D***"),
+        ("q?Password%3dhunter2 ok", "q?Password%3d*** ok"),
+        ("Authorization: BEARER abc.def", "Authorization: BEARER ***"),
+        ("slack token XOXB-1234-abcd in text", "slack token XOXB-*** in text"),
+        ("plain id 3b5ca34b:course-completed:slack", "plain id 3b5ca34b:course-completed:slack"),
+    ],
+)
+def test_credential_shapes_are_redacted_in_any_case(text: str, redacted: str) -> None:
+    # Strings without "=", "%3d", "bearer" or "xox" skip the pattern scan: every shape
+    # above must still be caught, whatever its case.
+    assert Redactor()(text) == redacted
