@@ -4,9 +4,11 @@ receives, and the errors it raises to say whether a failed delivery may be retri
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "HOST_KEYS",
@@ -64,6 +66,12 @@ class Message(BaseModel):
     ``blocks`` holds every block the template defined, rendered (``title``, ``text``,
     ``html``, ``json``, ``slack_blocks``, ...); ``text`` is the ``text`` block, or the
     whole template when it defines none.
+
+    The event comes two ways: ``event``, a dict parsed on first use, and
+    ``event_json``, the event as the router stored it (compact JSON with sorted keys).
+    A channel that forwards the event unchanged sends ``event_json`` (or embeds it with
+    ``orjson.Fragment``) and never pays for parsing and serialising it again. Build
+    a message by hand with either ``event={...}`` or ``event_json=b"..."``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -77,7 +85,22 @@ class Message(BaseModel):
     title: str = ""
     text: str = ""
     blocks: dict[str, str] = Field(default_factory=dict)
-    event: dict[str, Any] = Field(default_factory=dict)
+    event_json: bytes = b"{}"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _event_as_json(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "event" in data:
+            if "event_json" in data:
+                raise ValueError("give event or event_json, not both")
+            data = {**data, "event_json": orjson.dumps(data["event"])}
+            del data["event"]
+        return data
+
+    @cached_property
+    def event(self) -> dict[str, Any]:
+        """The event, parsed from ``event_json`` when first asked for."""
+        return orjson.loads(self.event_json)  # type: ignore[no-any-return]
 
 
 class Channel:

@@ -313,7 +313,7 @@ class Dispatcher:
             title=rendered.get("title", ""),
             text=rendered.get("text", ""),
             blocks=rendered.get("blocks", {}),
-            event=orjson.loads(job.event),
+            event_json=job.event,
         )
         error: str | None = None
         retry_after: float | None = None

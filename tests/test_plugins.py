@@ -6,10 +6,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from pydantic import ValidationError
 
 from router import Channel, hookimpl
-from router.channels import ChannelConfig, DeliveryOutcome
+from router.channels import ChannelConfig, DeliveryOutcome, Message
 from router.plugins import load_plugins
 from router.templates import Templates
 from tests.conftest import ServiceFactory, example, webhook_rules
@@ -300,3 +302,21 @@ async def test_observers_hear_of_deliveries_that_die_at_render_time(
     [outcome] = outcomes
     assert (outcome.status, outcome.attempt, outcome.channel_type) == ("dead", 0, "webhook")
     assert outcome.error is not None and outcome.error.startswith("template default.j2 line 1")
+
+
+def test_a_message_carries_the_event_as_json_and_parses_it_once() -> None:
+    ids = {"key": "e1:r:c", "event_id": "e1", "event_name": "course_completed"}
+    ids |= {"rule": "r", "channel": "c"}
+    event = example("course_completed")
+    stored = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    from_json = Message(**ids, event_json=stored)
+    assert from_json.event == event
+    assert from_json.event is from_json.event  # parsed on first use, then kept
+    # Built by hand from a dict (plugin tests), the bytes are there too.
+    from_dict = Message(**ids, event=event)
+    assert orjson.loads(from_dict.event_json) == event
+    assert from_dict.event == event
+    assert "event_json" in from_dict.model_dump() and "event" not in from_dict.model_dump()
+    assert Message(**ids).event == {}
+    with pytest.raises(ValidationError, match="event or event_json, not both"):
+        Message(**ids, event=event, event_json=stored)

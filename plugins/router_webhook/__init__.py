@@ -71,7 +71,7 @@ class WebhookChannel(Channel):
         """The request body: the raw event (``body: event``), else the template's
         ``json`` block if it has one, else an envelope."""
         if self.config.body == "event":
-            return orjson.dumps(message.event)
+            return message.event_json
         if "json" in message.blocks:
             try:
                 orjson.loads(message.blocks["json"])
@@ -87,7 +87,7 @@ class WebhookChannel(Channel):
                 "channel": message.channel,
                 "title": message.title,
                 "text": message.text,
-                "event": message.event,
+                "event": orjson.Fragment(message.event_json),  # as stored: not re-encoded
             }
         )
 
