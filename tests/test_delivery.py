@@ -7,10 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
 from router.appkeys import STORE
+from router.store import NewDelivery, RoutedEvent, open_store
 from tests.conftest import (
     ROOT,
     ServiceFactory,
@@ -121,6 +123,34 @@ async def test_attempts_exhausted_goes_to_dead_letters(
     assert row["attempts"] == 3
     assert row["last_error"].startswith("gave up after 3 attempt(s): HTTP 500")
     assert receiver.requests == 3
+
+
+async def test_a_damaged_stored_message_is_a_dead_letter_not_a_loop(
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB, db_url: str
+) -> None:
+    # A row no router would write (a block that is not text), put in the store before
+    # the service starts: the message is validated when sent, and the delivery dies
+    # at once instead of failing and being claimed again forever.
+    store = open_store(db_url)
+    await store.open()
+    try:
+        event = orjson.dumps(example("course_created"))
+        await store.accept_events([("e-1", "course_created", event)], dedupe_window=60, now=0)
+        [claimed] = await store.claim_events(1, lease=60, now=1)
+        damaged = orjson.dumps({"title": "t", "blocks": {"html": ["not", "text"]}})
+        job = NewDelivery("e-1:everything:hook", "everything", "hook", damaged)
+        await store.record_routing([RoutedEvent(claimed, [job])], now=2)
+    finally:
+        await store.close()
+    await service(webhook_rules(receiver.url))
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
+    assert row["attempts"] == 1
+    assert (
+        row["last_error"]
+        == "stored message is damaged: blocks.html: Input should be a valid string"
+    )
+    assert receiver.requests == 0
 
 
 async def test_connection_refused_is_retried(service: ServiceFactory, store_db: StoreDB) -> None:
