@@ -85,10 +85,11 @@ class Event(BaseModel):
         return self.metadata.event_name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ParsedEvent:
     """An accepted event, ready to store: its identity, name and canonical JSON.
-    (Built once per event on the hot path, after validation: a plain dataclass.)"""
+    (Built once per event on the hot path, after validation: a plain dataclass, not a
+    frozen one, which would cost several times as much to build.)"""
 
     id: str
     name: str
