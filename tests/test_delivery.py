@@ -153,6 +153,20 @@ async def test_a_damaged_stored_message_is_a_dead_letter_not_a_loop(
     assert receiver.requests == 0
 
 
+async def test_a_receiver_slower_than_the_timeout_is_retried(
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
+) -> None:
+    receiver.delay = 1.0
+    rules = webhook_rules(receiver.url).replace("timeout: 5", "timeout: 0.2")
+    client = await service(rules, max_attempts=2)
+    await client.post("/events", json=example("course_created"))
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
+    assert row["attempts"] == 2
+    assert row["last_error"] == "gave up after 2 attempt(s): timed out after 0.2s"
+    assert receiver.received == []
+
+
 async def test_connection_refused_is_retried(service: ServiceFactory, store_db: StoreDB) -> None:
     client = await service(webhook_rules("http://127.0.0.1:9/hook"), max_attempts=2)
     await client.post("/events", json=example("course_created"))
