@@ -60,7 +60,7 @@ class RetryPolicy:
         return backoff
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempted:
     """What one attempt came to, before it is recorded."""
 
@@ -414,19 +414,20 @@ class Dispatcher:
             retry_in=retry_in,
         )
         level = logging.WARNING if status in ("retry", "dead") else logging.INFO
-        log.log(
-            level,
-            f"delivery {status}",
-            extra={
-                "event_id": job.event_id,
-                "rule": job.rule,
-                "channel": job.channel,
-                "key": job.key,
-                "attempt": attempt,
-                "error": error,
-                "retry_in": None if retry_in is None else round(retry_in, 3),
-            },
-        )
+        if log.isEnabledFor(level):  # the fields cost as much as the check
+            log.log(
+                level,
+                f"delivery {status}",
+                extra={
+                    "event_id": job.event_id,
+                    "rule": job.rule,
+                    "channel": job.channel,
+                    "key": job.key,
+                    "attempt": attempt,
+                    "error": error,
+                    "retry_in": None if retry_in is None else round(retry_in, 3),
+                },
+            )
         latency = now - (job.received_at or job.created_at) if status == "delivered" else None
         self.metrics.delivery(job.channel, status, attempt, latency)
         for plugin in self.plugins.delivery_finished(outcome):
