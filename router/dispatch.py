@@ -414,7 +414,7 @@ class Dispatcher:
             retry_in=retry_in,
         )
         level = logging.WARNING if status in ("retry", "dead") else logging.INFO
-        if log.isEnabledFor(level):  # the fields cost as much as the check
+        if log.isEnabledFor(level):  # building the fields costs more than this check
             log.log(
                 level,
                 f"delivery {status}",
