@@ -23,7 +23,7 @@ from router.redact import Redactor
 from router.routing import is_raw_event
 from router.rules import RuleSet
 from router.settings import Settings
-from router.store import StoreOpenError, served
+from router.store import StoreOpenError, served, sqlite_path
 
 log = logging.getLogger("router")
 
@@ -228,15 +228,17 @@ def startup_summary(settings: Settings, app: web.Application) -> dict[str, str]:
 
 def _store_name(db: str) -> str:
     """The store's URL with its password hidden, or the SQLite file's path."""
-    if "://" in db and not db.startswith("sqlite:"):
+    path = sqlite_path(db)
+    if path is None or "://" in path:  # a server's URL, known or not: hide a password
         return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", db)
-    return db.removeprefix("sqlite:///").removeprefix("sqlite://")
+    return path
 
 
 def _store_label(db: str) -> str:
-    if "://" in db and not db.startswith("sqlite:"):
-        return _store_name(db)
-    path = Path(_store_name(db))
+    name = _store_name(db)
+    if "://" in name:
+        return name
+    path = Path(name)
     size = f", {path.stat().st_size / 1048576:.1f} MiB" if path.exists() else ", new"
     return f"{path} (SQLite{size})"
 
