@@ -11,7 +11,13 @@ webhook. Phases, one router process throughout:
    the same way; the router's RSS (``VmRSS`` of its process and children, from
    ``/proc``) is sampled every 50 ms; ingest rate as above;
 3. drain: receiver started again; drain rate = backlog events / seconds until the
-   receiver has seen every one of them.
+   receiver has seen every one of them;
+4. reference again: receiver up, backlog drained, ``--reference`` more events.
+
+The reference rate is the mean of phases 1 and 4. The machine's speed wanders over
+the minutes between them (single 20,000-event references have ranged from 5,000 to
+8,100/s on one machine): a reference on one side only would credit or blame the backlog
+for that drift, one on each side cancels a linear drift.
 
     .venv/bin/python -m bench.backlog             # N = 200,000
     .venv/bin/python -m bench.backlog --quick     # N = 5,000
@@ -182,6 +188,8 @@ async def run(n: int, reference: int, connections: int, drain_timeout: float, wo
         }
         out["max_rss_mb"] = sampler.peak_kb / 1024
         out["rss_samples"] = sampler.samples
+        print(f"  backlog: reference again, receiver up, {reference} events", flush=True)
+        out["reference_after"] = await post_n(url, "ref-after", reference, connections)
     finally:
         if sampler is not None:
             sampler.stop()
@@ -189,8 +197,9 @@ async def run(n: int, reference: int, connections: int, drain_timeout: float, wo
         receiver.stop()
     if code not in (0, -15):
         raise BenchError(f"router exited with {code}:\n{tail(router.log)}")
-    ref, bl = out["reference"]["rate"], out["backlog"]["rate"]
-    out["ingest_drop"] = 1 - bl / ref if ref else 0.0
+    ref = (out["reference"]["rate"] + out["reference_after"]["rate"]) / 2
+    out["reference_rate"] = ref
+    out["ingest_drop"] = 1 - out["backlog"]["rate"] / ref if ref else 0.0
     return out
 
 
@@ -199,8 +208,9 @@ def table(r: dict[str, Any]) -> str:
         [
             "| figure | value |",
             "| --- | ---: |",
-            f"| ingest rate, receiver up ({r['reference']['ok']} events) |"
-            f" {r['reference']['rate']:,.0f}/s |",
+            f"| ingest rate, receiver up ({r['reference']['ok']} events before,"
+            f" {r['reference_after']['ok']} after) | {r['reference']['rate']:,.0f}/s and"
+            f" {r['reference_after']['rate']:,.0f}/s: mean {r['reference_rate']:,.0f}/s |",
             f"| ingest rate, receiver down ({r['backlog']['ok']} events) |"
             f" {r['backlog']['rate']:,.0f}/s |",
             f"| ingest drop during backlog | {r['ingest_drop'] * 100:.1f} % |",
@@ -238,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     problems = []
-    if result["reference"]["other"] or result["backlog"]["other"]:
+    phases = ("reference", "backlog", "reference_after")
+    if any(result[phase]["other"] for phase in phases):
         problems.append("non-202 answers")
     if not result["drain"]["complete"]:
         problems.append("backlog did not drain within the timeout")
