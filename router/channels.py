@@ -48,7 +48,15 @@ class PermanentError(DeliveryError):
 
 #: Keys of a channel in rules.yaml that the router itself reads; a plugin's config
 #: model must not declare them (they would never reach it).
-HOST_KEYS = ("type", "concurrency", "timeout", "max_attempts", "log_only", "rate_limit")
+HOST_KEYS = (
+    "type",
+    "concurrency",
+    "timeout",
+    "max_attempts",
+    "log_only",
+    "rate_limit",
+    "circuit_breaker",
+)
 
 
 class ChannelConfig(BaseModel):

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from router.breaker import PROBE_CAP, CircuitBreaker
 from router.channels import Channel, DeliveryOutcome, Message, PermanentError, RetryableError
 from router.metrics import Metrics
 from router.pacing import IngestPressure
@@ -84,12 +85,13 @@ class ChannelRuntime:
     drained: bool = False
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     slots: asyncio.Semaphore = field(init=False)
-
+    breaker: CircuitBreaker = field(init=False)
     limiter: RateLimiter | None = field(init=False)
 
     def __post_init__(self) -> None:
         options = self.definition.options
         self.slots = asyncio.Semaphore(options.concurrency)
+        self.breaker = CircuitBreaker(options.circuit_breaker)
         rate = options.rate_limit
         default = self.definition.type.cls.default_rate_limit
         if "rate_limit" not in options.model_fields_set and default:
@@ -209,10 +211,15 @@ class Dispatcher:
                 log.exception("dispatcher round failed; retrying in 1s")
             timeout = POLL_SECONDS
             retry = self._next_retry
-            if isinstance(retry, float) and retry > self.clock():
+            now = self.clock()
+            if isinstance(retry, float) and retry > now:
                 # A little past it: a timer that fires a hair early would find the job
                 # not yet due, and the next look would be a whole poll later.
-                timeout = min(POLL_SECONDS, retry - self.clock() + RETRY_SLACK)
+                timeout = min(POLL_SECONDS, retry - now + RETRY_SLACK)
+            for runtime in self.channels.values():
+                breaker = runtime.breaker
+                if breaker.open and breaker.probe_id is None and breaker.probe_at > now:
+                    timeout = min(timeout, breaker.probe_at - now + RETRY_SLACK)
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
@@ -223,14 +230,25 @@ class Dispatcher:
 
     async def _claim_round(self) -> None:
         for runtime in list(self.channels.values()):
-            if not runtime.wants_jobs or runtime.drained or self._stopping:
+            breaker = runtime.breaker
+            if self._stopping:
+                return
+            if breaker.open:
+                # One probe at a time, and only once the jobs in hand went back.
+                if runtime.claimed or not breaker.wants_probe(self.clock()):
+                    continue
+                limit = 1
+            elif runtime.wants_jobs and not runtime.drained:
+                limit = runtime.free
+            else:
                 continue
             lease = runtime.definition.options.timeout * PREFETCH + 30.0
-            free = runtime.free
             jobs = await self.store.claim_deliveries(
-                runtime.name, free, lease=lease, now=self.clock()
+                runtime.name, limit, lease=lease, now=self.clock()
             )
-            runtime.drained = len(jobs) < free
+            runtime.drained = len(jobs) < limit
+            if breaker.open and jobs:
+                breaker.probe_id = jobs[0].id
             for job in jobs:
                 runtime.claimed += 1
                 task = asyncio.create_task(self._attempt(runtime, job))
@@ -260,9 +278,16 @@ class Dispatcher:
             async with runtime.slots:
                 if self._stopping:
                     return  # claimed but not started: left for the next start
-                self._started_work()
-                working = True
-                result = await self._send(runtime, job)
+                held = runtime.breaker.holds(job.id)
+                if not held:
+                    self._started_work()
+                    working = True
+                    result = await self._send(runtime, job)
+            if held:
+                until = runtime.breaker.probe_at
+                await self.store.hold_delivery(job.id, until=until, now=self.clock())
+                self.metrics.held.labels(runtime.name).inc()
+                return
             await self._record(runtime, job, result)  # work too, for the pacing
         except asyncio.CancelledError:
             raise
@@ -296,6 +321,33 @@ class Dispatcher:
             worked += now - self._busy_since
             self._busy_since = now
         return worked
+
+    async def _watch_circuit(
+        self, runtime: ChannelRuntime, job: DeliveryJob, result: Attempted, now: float
+    ) -> None:
+        """Open the channel's circuit after failures in a row; close it on a success and
+        make the retries that were waiting out their backoff due at once."""
+        breaker, channel = runtime.breaker, runtime.name
+        if result.error is None:
+            if breaker.succeeded():
+                released = await self.store.release_retries(channel, now=now)
+                log.info(
+                    "channel circuit closed: a delivery went through",
+                    extra={"channel": channel, "released": released},
+                )
+                self._undrain()
+                self._wake.set()
+        elif result.permanent:
+            breaker.finished(job.id)
+        elif breaker.failed(job.id, now, longest_wait=min(PROBE_CAP, self.policy.cap)):
+            log.warning(
+                "channel circuit open: deliveries held, one probe at a time",
+                extra={
+                    "channel": channel,
+                    "failures": breaker.failures,
+                    "error": self.redactor()(result.error),
+                },
+            )
 
     async def _send(self, runtime: ChannelRuntime, job: DeliveryJob) -> Attempted:
         """One attempt through the channel (or the log, for a log-only channel)."""
@@ -371,6 +423,8 @@ class Dispatcher:
     async def _record(self, runtime: ChannelRuntime, job: DeliveryJob, result: Attempted) -> None:
         attempt, error = result.attempt, result.error
         now = self.clock()
+        if error is not None or runtime.breaker.failures:  # else nothing changes
+            await self._watch_circuit(runtime, job, result, now)
         retry_in = None
         if error is None:
             status = "logged" if result.logged else "delivered"

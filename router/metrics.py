@@ -155,6 +155,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.circuit_open = Gauge(
+            "router_channel_circuit_open",
+            "1 while a channel's circuit is open: its receiver failed again and again, its"
+            " deliveries are held while one probe at a time checks it.",
+            ["channel"],
+            registry=r,
+        )
+        self.held = Counter(
+            "router_deliveries_held",
+            "Deliveries put back untried, their attempts unchanged, because their"
+            " channel's circuit was open, by channel.",
+            ["channel"],
+            registry=r,
+        )
         self.plugin_errors = Counter(
             "router_plugin_errors",
             "Unexpected exceptions raised by plugins, by plugin and hook"
@@ -219,6 +233,12 @@ class Metrics:
         attempts = self.attempts.labels(channel, status)
         return attempts, self.completed.labels(channel, result), latency
 
+    def circuits(self, open_by_channel: dict[str, bool]) -> None:
+        """Set the circuit gauge of every channel loaded now (and of no other)."""
+        self.circuit_open.clear()
+        for channel, is_open in open_by_channel.items():
+            self.circuit_open.labels(channel).set(1 if is_open else 0)
+
     async def refresh(self, store: "Store", *, now: float) -> dict[str, float]:
         """Read the queue gauges and the store size from the store; return them."""
         counts = await store.counts()
@@ -267,10 +287,13 @@ def get_metrics(request: web.Request) -> Metrics:
 
 async def metrics_handler(request: web.Request) -> web.Response:
     """``GET /metrics``: the Prometheus text format, queue gauges read from the store."""
-    from router.appkeys import STORE
+    from router.appkeys import DISPATCHER, STORE
 
     metrics = get_metrics(request)
     await metrics.refresh(request.app[STORE], now=time.time())
+    dispatcher = request.app.get(DISPATCHER)
+    if dispatcher is not None:
+        metrics.circuits({n: r.breaker.open for n, r in dispatcher.channels.items()})
     response = web.Response(body=metrics.exposition())
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"

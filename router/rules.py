@@ -77,6 +77,13 @@ class ChannelOptions(BaseModel):
     rate_limit: Annotated[float | None, BeforeValidator(_rate_or_none)] = Field(
         default=None, description="sends per second, written 1/s, 20/min; 'none' for no limit"
     )
+    circuit_breaker: int = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="retryable failures in a row that hold the channel's deliveries while"
+        " one probe at a time checks the receiver; 0: never",
+    )
 
 
 def parse_duration(value: Any) -> float:

@@ -283,14 +283,9 @@ async def service(
         templates = tmp_path / "templates"
         if not templates.exists():
             shutil.copytree(ROOT / "templates", templates)
+        quick: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.2, "shutdown_grace": 2}
         settings = Settings(
-            rules=rules_file,
-            templates=templates,
-            db=service_db,
-            backoff_base=0.05,
-            backoff_cap=0.2,
-            shutdown_grace=2,
-            **overrides,
+            rules=rules_file, templates=templates, db=service_db, **{**quick, **overrides}
         )
         client = await aiohttp_client(create_app(settings))
         clients.append(client)

@@ -473,3 +473,68 @@ async def test_a_trickle_of_deliveries_asks_the_store_only_what_can_find_work(
     # no look for the next retry after each one.
     assert calls["claim_deliveries"] <= 10 + polls, calls
     assert calls["next_due"] <= 1, calls
+
+
+def metric(text: str, name: str) -> float | None:
+    """A sample's value from the Prometheus text format, or None if it is absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+async def test_an_outage_holds_deliveries_and_the_recovery_sends_them_at_once(
+    service: ServiceFactory,
+    receiver: WebhookReceiver,
+    store_db: StoreDB,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="router.dispatch")
+    receiver.script.extend([(503, {})] * 1000)  # down until the script is cleared
+    rules = webhook_rules(receiver.url).replace("timeout: 5", "timeout: 5\n    circuit_breaker: 3")
+    # A retry waits up to a minute here: only the circuit's release gets them out soon.
+    client = await service(rules, backoff_base=60, backoff_cap=60, max_attempts=2)
+    events = [example("course_created") | {"n": n} for n in range(12)]
+    assert (await client.post("/events", json=events)).status == 202
+    await until(lambda: sum(d["attempts"] == 0 for d in deliveries(store_db)) == 12 - 4)
+    # The first four sends (the channel's concurrency) failed; the circuit opened at the
+    # third; the other eight went back untried and wait for the next probe.
+    rows = deliveries(store_db)
+    assert {d["state"] for d in rows} == {"pending"}
+    assert sorted(d["attempts"] for d in rows) == [0] * 8 + [1] * 4
+    assert all(d["last_error"] is None for d in rows if d["attempts"] == 0)
+    exposition = await (await client.get("/metrics")).text()
+    assert metric(exposition, 'router_channel_circuit_open{channel="hook"}') == 1
+    assert metric(exposition, 'router_deliveries_held_total{channel="hook"}') == 8
+    status_page = await (await client.get("/")).text()
+    assert "circuit open" in status_page
+    [opened] = [r for r in caplog.records if r.getMessage().startswith("channel circuit open")]
+    assert opened.channel == "hook" and opened.error == "HTTP 503 Service Unavailable: scripted 503"  # type: ignore[attr-defined]
+
+    await asyncio.sleep(1.5)  # the first probe (a second after opening) fails too
+    assert 5 <= receiver.requests <= 6
+    assert not any(d["state"] == "dead" for d in deliveries(store_db))
+
+    receiver.script.clear()  # the receiver is back: the next probe (2 s later) succeeds
+    recovered = time.monotonic()
+    received = await receiver.wait_for(12, timeout=10)
+    assert time.monotonic() - recovered < 5  # not the minute their backoff asked
+    assert len({r.webhook_id for r in received}) == 12
+    await until(lambda: {d["state"] for d in deliveries(store_db)} == {"delivered"})
+    exposition = await (await client.get("/metrics")).text()
+    assert metric(exposition, 'router_channel_circuit_open{channel="hook"}') == 0
+    assert "circuit open" not in await (await client.get("/")).text()
+    [closed] = [r for r in caplog.records if r.getMessage().startswith("channel circuit closed")]
+    assert closed.released >= 4  # type: ignore[attr-defined]  # the first four's retries
+
+
+async def test_circuit_breaker_zero_tries_every_delivery(
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
+) -> None:
+    receiver.script.extend([(503, {})] * 1000)
+    rules = webhook_rules(receiver.url).replace("timeout: 5", "timeout: 5\n    circuit_breaker: 0")
+    client = await service(rules, max_attempts=2)
+    events = [example("course_created") | {"n": n} for n in range(12)]
+    await client.post("/events", json=events)
+    await until(lambda: {d["state"] for d in deliveries(store_db)} == {"dead"})
+    assert receiver.requests == 24

@@ -354,3 +354,11 @@ def test_the_html_block_is_rendered_once_and_escaped(tmp_path: Path) -> None:
     name = COMPLETED["body"]["course"]["name"]
     assert rendered.blocks["html"] == f"<p>{name} &lt;i&gt;</p>"
     assert calls == [f"{name} <i>"]
+
+
+def test_the_keys_the_router_reads_are_exactly_the_channel_options() -> None:
+    from router.channels import HOST_KEYS
+    from router.rules import ChannelOptions
+
+    # A key in one and not the other would reach a plugin's model, or be dropped.
+    assert set(HOST_KEYS) == set(ChannelOptions.model_fields)

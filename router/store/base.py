@@ -217,6 +217,14 @@ class Store(Protocol):
     ) -> None:
         """Record an attempt's result: ``pending`` (retry at next_attempt_at) or final."""
 
+    async def hold_delivery(self, delivery_id: int, *, until: float, now: float) -> None:
+        """Give back a claimed delivery untried (its channel's circuit is open): due
+        again at ``until``, its attempts and last error unchanged."""
+
+    async def release_retries(self, channel: str, *, now: float) -> int:
+        """Make the channel's pending deliveries that wait for a later time due now (its
+        receiver is back); return how many."""
+
     async def next_due(self, channels: list[str]) -> float | None:
         """When the earliest pending delivery of these channels becomes due, or None."""
 

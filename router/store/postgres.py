@@ -760,6 +760,28 @@ class PostgresStore:
                 error,
             )
 
+    async def hold_delivery(self, delivery_id: int, *, until: float, now: float) -> None:
+        async with self._acquire() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET next_attempt_at = $2, updated_at = $3,"
+                " lease_until = NULL, leased_by = NULL WHERE id = $1 AND state = 'pending'",
+                delivery_id,
+                until,
+                now,
+            )
+
+    async def release_retries(self, channel: str, *, now: float) -> int:
+        # Not the rows another replica holds: it records their outcome itself.
+        async with self._acquire() as conn:
+            return _rowcount(
+                await conn.execute(
+                    "UPDATE deliveries SET next_attempt_at = $1 WHERE channel = $2"
+                    f" AND state = 'pending' AND next_attempt_at > $1 AND {_LEASE_FREE}",
+                    now,
+                    channel,
+                )
+            )
+
     async def next_due(self, channels: list[str]) -> float | None:
         """When the earliest pending delivery of these channels can be claimed: its
         next attempt, or the end of its lease if a replica holds it."""

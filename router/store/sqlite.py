@@ -509,6 +509,27 @@ class SqliteStore:
 
         await self._call(op)
 
+    async def hold_delivery(self, delivery_id: int, *, until: float, now: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE deliveries SET next_attempt_at = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'pending'",
+                (until, now, delivery_id),
+            )
+            self._delivery_leases.pop(delivery_id, None)
+
+        await self._call(op)
+
+    async def release_retries(self, channel: str, *, now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE deliveries SET next_attempt_at = ?"
+                " WHERE channel = ? AND state = 'pending' AND next_attempt_at > ?",
+                (now, channel, now),
+            ).rowcount
+
+        return await self._call(op)
+
     async def next_due(self, channels: list[str]) -> float | None:
         def op(conn: sqlite3.Connection) -> float | None:
             due = [

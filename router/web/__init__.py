@@ -188,7 +188,8 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
                 "dead_attempts": by_channel.get((name, "dead"), 0.0),
                 "retrying": len(retrying),
                 "dead": len(dead_here),
-                "failing": bool(runtime.broken or retrying or dead_here),
+                "circuit_open": runtime.breaker.open,
+                "failing": bool(runtime.broken or runtime.breaker.open or retrying or dead_here),
                 "last_error": redact(last.last_error) if last and last.last_error else None,
             }
         )
