@@ -283,3 +283,53 @@ async def test_claims_are_oldest_first_and_limited(db_url: str) -> None:
         assert [j.event_id for j in jobs] == ["e7", "e6", "e5"]  # earliest due first
     finally:
         await store.close()
+
+
+async def test_held_deliveries_keep_their_attempts_and_a_release_makes_retries_due(
+    db_url: str,
+) -> None:
+    # The circuit breaker's two operations, on both backends.
+    store = open_store(db_url)
+    await store.open()
+    try:
+        now = time.time()
+        await store.accept_events(
+            [(f"e{i}", "e", b"{}") for i in range(4)], dedupe_window=60, now=now
+        )
+        events = await store.claim_events(4, lease=30, now=now)
+        await store.record_routing(
+            [
+                RoutedEvent(e, [NewDelivery(f"{e.id}:r:{ch}", "r", ch, b"{}")])
+                for e, ch in zip(events, ["c", "c", "c", "other"], strict=True)
+            ],
+            now=now,
+        )
+        failed, held, leased = await store.claim_deliveries("c", 3, lease=30, now=now)
+        await store.finish_delivery(
+            failed.id, "pending", attempts=1, now=now, next_attempt_at=now + 600, error="HTTP 503"
+        )
+        await store.hold_delivery(held.id, until=now + 5, now=now)
+        [other] = await store.claim_deliveries("other", 1, lease=30, now=now)
+        await store.finish_delivery(
+            other.id, "pending", attempts=1, now=now, next_attempt_at=now + 600, error="x"
+        )
+        assert await store.claim_deliveries("c", 3, lease=30, now=now + 1) == []
+        [again] = await store.claim_deliveries("c", 3, lease=30, now=now + 5)  # held: due
+        assert (again.id, again.attempts) == (held.id, 0)  # attempts untouched
+        await store.hold_delivery(again.id, until=now + 5, now=now + 5)
+
+        # Only the channel's own waiting retries are released, and the one in flight
+        # (leased, still due) is not touched.
+        assert await store.release_retries("c", now=now + 6) == 1
+        due = await store.claim_deliveries("c", 3, lease=30, now=now + 6)
+        assert sorted(j.id for j in due) == sorted([failed.id, held.id])
+        assert [j.attempts for j in due if j.id == failed.id] == [1]
+        assert await store.claim_deliveries("other", 1, lease=30, now=now + 6) == []
+        assert leased.id not in {j.id for j in due}
+        await store.hold_delivery(failed.id, until=now + 9, now=now + 6)
+        detail = await store.get_delivery(failed.id)
+        assert detail is not None
+        record = detail.record
+        assert (record.attempts, record.last_error, record.state) == (1, "HTTP 503", "pending")
+    finally:
+        await store.close()
