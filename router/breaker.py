@@ -6,10 +6,10 @@ more than half of the deliveries made during it to the dead letters. After
 ``threshold`` retryable failures in a row the circuit opens: the dispatcher sends one
 delivery at a time as a probe, the first ``PROBE_FIRST`` after opening and each later
 one twice as long after the last (up to ``PROBE_CAP``, or the retry policy's longest
-backoff if that is shorter), and puts the other deliveries
-back in the store untried, due at the next probe, their attempts untouched. The first
-success closes the circuit, and the channel's retries waiting out their backoff are
-made due at once.
+backoff if that is shorter; never sooner than the receiver's ``Retry-After``), and puts
+the other deliveries back in the store untried, due at the next probe, their attempts
+untouched. The first success closes the circuit, and the channel's retries waiting out
+their backoff are made due at once.
 
 The state lives in the dispatcher's memory only: after a restart, or on another
 replica, the first failures open the circuit again.
@@ -43,19 +43,27 @@ class CircuitBreaker:
         """Whether the circuit is open, no probe is out, and the next one is due."""
         return self.open and self.probe_id is None and now >= self.probe_at
 
-    def failed(self, delivery_id: int, now: float, *, longest_wait: float = PROBE_CAP) -> bool:
+    def failed(
+        self,
+        delivery_id: int,
+        now: float,
+        *,
+        longest_wait: float = PROBE_CAP,
+        retry_after: float | None = None,
+    ) -> bool:
         """A send failed in a way worth retrying; True when this opened the circuit.
         ``longest_wait`` caps the time between probes (the retry policy's cap: a probe
-        should not wait longer than a retry would)."""
+        should not wait longer than a retry would); a receiver's ``retry_after`` holds
+        the next probe back at least that long, as it would a retry."""
         self.failures += 1
         if self.open:
             if delivery_id == self.probe_id:
-                self._next_probe(now, longest_wait)
+                self._next_probe(now, longest_wait, retry_after)
             return False
         if self.threshold and self.failures >= self.threshold:
             self.open = True
             self._wait = PROBE_FIRST
-            self._next_probe(now, longest_wait)
+            self._next_probe(now, longest_wait, retry_after)
             return True
         return False
 
@@ -73,7 +81,7 @@ class CircuitBreaker:
         if self.open and delivery_id == self.probe_id:
             self.probe_id = None
 
-    def _next_probe(self, now: float, longest_wait: float) -> None:
+    def _next_probe(self, now: float, longest_wait: float, retry_after: float | None) -> None:
         self.probe_id = None
-        self.probe_at = now + min(self._wait, longest_wait)
+        self.probe_at = now + max(min(self._wait, longest_wait), retry_after or 0.0)
         self._wait = min(PROBE_CAP, self._wait * 2)

@@ -339,7 +339,12 @@ class Dispatcher:
                 self._wake.set()
         elif result.permanent:
             breaker.finished(job.id)
-        elif breaker.failed(job.id, now, longest_wait=min(PROBE_CAP, self.policy.cap)):
+        elif breaker.failed(
+            job.id,
+            now,
+            longest_wait=min(PROBE_CAP, self.policy.cap),
+            retry_after=result.retry_after,
+        ):
             log.warning(
                 "channel circuit open: deliveries held, one probe at a time",
                 extra={

@@ -85,3 +85,12 @@ def test_probes_never_wait_longer_than_the_longest_retry_backoff() -> None:
         waits.append(breaker.probe_at - now)
         now = breaker.probe_at
     assert waits == [PROBE_FIRST, 2.0, 2.0, 2.0, 2.0]
+
+
+def test_a_receivers_retry_after_holds_the_next_probe_back() -> None:
+    breaker = CircuitBreaker(1)
+    breaker.failed(1, now=0.0, retry_after=30.0)  # e.g. 503 with Retry-After: 30
+    assert breaker.probe_at == 30.0
+    breaker.probe_id = 2
+    breaker.failed(2, now=30.0, retry_after=0.5)  # shorter than the doubling wait
+    assert breaker.probe_at == 30.0 + 2.0
