@@ -233,7 +233,8 @@ class Dispatcher:
             breaker = runtime.breaker
             if self._stopping:
                 return
-            if breaker.open:
+            probing = breaker.open
+            if probing:
                 # One probe at a time, and only once the jobs in hand went back.
                 if runtime.claimed or not breaker.wants_probe(self.clock()):
                     continue
@@ -247,7 +248,9 @@ class Dispatcher:
                 runtime.name, limit, lease=lease, now=self.clock()
             )
             runtime.drained = len(jobs) < limit
-            if breaker.open and jobs:
+            # (A claim made while the circuit was closed is no probe, even if the circuit
+            # opened while the store answered: its jobs are held.)
+            if probing and breaker.open and jobs:
                 breaker.probe_id = jobs[0].id
             for job in jobs:
                 runtime.claimed += 1

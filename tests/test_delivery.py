@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from router.appkeys import STORE
+from router.appkeys import DISPATCHER, STORE
 from router.store import NewDelivery, RoutedEvent, open_store
 from tests.conftest import (
     ROOT,
@@ -491,33 +491,42 @@ async def test_an_outage_holds_deliveries_and_the_recovery_sends_them_at_once(
 ) -> None:
     caplog.set_level("INFO", logger="router.dispatch")
     receiver.script.extend([(503, {})] * 1000)  # down until the script is cleared
-    rules = webhook_rules(receiver.url).replace("timeout: 5", "timeout: 5\n    circuit_breaker: 3")
+    rules = webhook_rules(receiver.url).replace(
+        "timeout: 5", "timeout: 5\n    circuit_breaker: 3\n    concurrency: 1"
+    )
     # A retry waits up to a minute here: only the circuit's release gets them out soon.
-    client = await service(rules, backoff_base=60, backoff_cap=60, max_attempts=2)
+    client = await service(rules, backoff_base=60, backoff_cap=60)
     events = [example("course_created") | {"n": n} for n in range(12)]
     assert (await client.post("/events", json=events)).status == 202
 
-    def held() -> list[dict[str, Any]]:  # put back untried, due at the next probe
-        rows = deliveries(store_db)
-        return [d for d in rows if d["attempts"] == 0 and d["next_attempt_at"] > d["created_at"]]
+    def opened() -> bool:
+        return any(r.getMessage().startswith("channel circuit open") for r in caplog.records)
 
-    await until(lambda: len(held()) == 12 - 4)
-    # The first four sends (the channel's concurrency) failed; the circuit opened at the
-    # third; the other eight went back untried and wait for the next probe.
+    await until(opened)
+    await until(lambda: receiver.in_flight == 0)
+    await asyncio.sleep(0.3)  # the jobs in hand go back to the store at once
     rows = deliveries(store_db)
     assert {d["state"] for d in rows} == {"pending"}
-    assert sorted(d["attempts"] for d in rows) == [0] * 8 + [1] * 4
-    assert all(d["last_error"] is None for d in rows if d["attempts"] == 0)
+    tried = [d for d in rows if d["attempts"] == 1]
+    # Put back untried, due at the next probe; and never claimed while the circuit is open.
+    held = [d for d in rows if d["attempts"] == 0 and d["next_attempt_at"] > d["created_at"]]
+    untouched = [d for d in rows if d["attempts"] == 0 and d["next_attempt_at"] == d["created_at"]]
+    # One send at a time: three failed and opened the circuit; the jobs claimed with
+    # them (and to take their place) went back untried; the rest were never claimed.
+    assert len(tried) == 3 and len(held) >= 1, rows
+    assert len(tried) + len(held) + len(untouched) == 12
+    assert receiver.requests == len(tried)
+    assert all(d["last_error"] is None for d in held + untouched)
     exposition = await (await client.get("/metrics")).text()
     assert metric(exposition, 'router_channel_circuit_open{channel="hook"}') == 1
-    assert metric(exposition, 'router_deliveries_held_total{channel="hook"}') == 8
+    assert metric(exposition, 'router_deliveries_held_total{channel="hook"}') == len(held)
     status_page = await (await client.get("/")).text()
     assert "circuit open" in status_page
     [opened] = [r for r in caplog.records if r.getMessage().startswith("channel circuit open")]
     assert opened.channel == "hook" and opened.error == "HTTP 503 Service Unavailable: scripted 503"  # type: ignore[attr-defined]
 
     await asyncio.sleep(1.5)  # the first probe (a second after opening) fails too
-    assert 5 <= receiver.requests <= 6
+    assert len(tried) + 1 <= receiver.requests <= len(tried) + 2  # one probe at a time
     assert not any(d["state"] == "dead" for d in deliveries(store_db))
 
     receiver.script.clear()  # the receiver is back: the next probe (2 s later) succeeds
@@ -530,7 +539,8 @@ async def test_an_outage_holds_deliveries_and_the_recovery_sends_them_at_once(
     assert metric(exposition, 'router_channel_circuit_open{channel="hook"}') == 0
     assert "circuit open" not in await (await client.get("/")).text()
     [closed] = [r for r in caplog.records if r.getMessage().startswith("channel circuit closed")]
-    assert closed.released >= 4  # type: ignore[attr-defined]  # the first four's retries
+    # The tried ones' retries, waiting up to a minute (unless full jitter made one due).
+    assert closed.released >= 1  # type: ignore[attr-defined]
 
 
 async def test_circuit_breaker_zero_tries_every_delivery(
@@ -543,3 +553,41 @@ async def test_circuit_breaker_zero_tries_every_delivery(
     await client.post("/events", json=events)
     await until(lambda: {d["state"] for d in deliveries(store_db)} == {"dead"})
     assert receiver.requests == 24
+
+
+async def test_jobs_claimed_before_the_circuit_opened_are_held_not_probes(
+    service: ServiceFactory,
+    receiver: WebhookReceiver,
+    store_db: StoreDB,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = await service(webhook_rules(receiver.url), backoff_base=60, backoff_cap=60)
+    dispatcher, store = client.app[DISPATCHER], client.app[STORE]
+    claim = store.claim_deliveries
+
+    async def claim_while_the_circuit_opens(*args: Any, **kwargs: Any) -> Any:
+        jobs = await claim(*args, **kwargs)
+        breaker = dispatcher.channels["hook"].breaker
+        if jobs and not breaker.open:  # other sends failed while the store answered
+            for _ in range(breaker.threshold):
+                breaker.failed(-1, now=time.time())
+        return jobs
+
+    monkeypatch.setattr(store, "claim_deliveries", claim_while_the_circuit_opens)
+    events = [example("course_created") | {"n": n} for n in range(3)]
+    await client.post("/events", json=events)
+    # All three go back untried: none was claimed as a probe.
+    await until(
+        lambda: (
+            all(
+                d["attempts"] == 0 and d["next_attempt_at"] > d["created_at"]
+                for d in deliveries(store_db)
+            )
+            and len(deliveries(store_db)) == 3
+        )
+    )
+    assert receiver.requests == 0
+    # The first probe, a second later, goes through and closes the circuit.
+    await receiver.wait_for(3, timeout=10)
+    await until(lambda: {d["state"] for d in deliveries(store_db)} == {"delivered"})
+    assert not dispatcher.channels["hook"].breaker.open
