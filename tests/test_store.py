@@ -4,11 +4,12 @@ the claim order every store keeps, on both backends."""
 import asyncio
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from router.store import NewDelivery, RoutedEvent, open_store
+from router.store import NewDelivery, RoutedEvent, Store, open_store
 from router.store.sqlite import MIGRATIONS, SqliteStore, _state_checks_as_comparisons
 
 
@@ -255,81 +256,77 @@ def test_a_build_that_forbids_editing_the_schema_keeps_the_old_checks(tmp_path: 
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1
 
 
-async def test_claims_are_oldest_first_and_limited(db_url: str) -> None:
-    # The store contract, on both backends.
+@pytest.fixture
+async def any_store(db_url: str) -> AsyncIterator[Store]:
+    """An open store on each backend in turn, for the contract every store keeps."""
     store = open_store(db_url)
     await store.open()
-    try:
-        now = time.time()
-        await store.accept_events(
-            [(f"e{i}", "e", b"{}") for i in range(10)], dedupe_window=60, now=now
+    yield store
+    await store.close()
+
+
+async def test_claims_are_oldest_first_and_limited(any_store: Store) -> None:
+    store = any_store
+    now = time.time()
+    await store.accept_events([(f"e{i}", "e", b"{}") for i in range(10)], dedupe_window=60, now=now)
+    first = await store.claim_events(4, lease=30, now=now)
+    second = await store.claim_events(4, lease=30, now=now)
+    assert [e.id for e in first] == ["e0", "e1", "e2", "e3"]
+    assert [e.id for e in second] == ["e4", "e5", "e6", "e7"]
+    events = first + second
+    await store.record_routing(
+        [RoutedEvent(e, [NewDelivery(f"{e.id}:r:c", "r", "c", b"{}")]) for e in events],
+        now=now,
+    )
+    jobs = await store.claim_deliveries("c", 8, lease=30, now=now)
+    assert [j.event_id for j in jobs] == [e.id for e in events]
+    for i, job in enumerate(jobs):  # retries fall due in the opposite order
+        await store.finish_delivery(
+            job.id, "pending", attempts=1, now=now, next_attempt_at=now + 10 - i
         )
-        first = await store.claim_events(4, lease=30, now=now)
-        second = await store.claim_events(4, lease=30, now=now)
-        assert [e.id for e in first] == ["e0", "e1", "e2", "e3"]
-        assert [e.id for e in second] == ["e4", "e5", "e6", "e7"]
-        events = first + second
-        await store.record_routing(
-            [RoutedEvent(e, [NewDelivery(f"{e.id}:r:c", "r", "c", b"{}")]) for e in events],
-            now=now,
-        )
-        jobs = await store.claim_deliveries("c", 8, lease=30, now=now)
-        assert [j.event_id for j in jobs] == [e.id for e in events]
-        for i, job in enumerate(jobs):  # retries fall due in the opposite order
-            await store.finish_delivery(
-                job.id, "pending", attempts=1, now=now, next_attempt_at=now + 10 - i
-            )
-        jobs = await store.claim_deliveries("c", 3, lease=30, now=now + 10)
-        assert [j.event_id for j in jobs] == ["e7", "e6", "e5"]  # earliest due first
-    finally:
-        await store.close()
+    jobs = await store.claim_deliveries("c", 3, lease=30, now=now + 10)
+    assert [j.event_id for j in jobs] == ["e7", "e6", "e5"]  # earliest due first
 
 
 async def test_held_deliveries_keep_their_attempts_and_a_release_makes_retries_due(
-    db_url: str,
+    any_store: Store,
 ) -> None:
-    # The circuit breaker's two operations, on both backends.
-    store = open_store(db_url)
-    await store.open()
-    try:
-        now = time.time()
-        await store.accept_events(
-            [(f"e{i}", "e", b"{}") for i in range(4)], dedupe_window=60, now=now
-        )
-        events = await store.claim_events(4, lease=30, now=now)
-        await store.record_routing(
-            [
-                RoutedEvent(e, [NewDelivery(f"{e.id}:r:{ch}", "r", ch, b"{}")])
-                for e, ch in zip(events, ["c", "c", "c", "other"], strict=True)
-            ],
-            now=now,
-        )
-        failed, held, leased = await store.claim_deliveries("c", 3, lease=30, now=now)
-        await store.finish_delivery(
-            failed.id, "pending", attempts=1, now=now, next_attempt_at=now + 600, error="HTTP 503"
-        )
-        await store.hold_delivery(held.id, until=now + 5, now=now)
-        [other] = await store.claim_deliveries("other", 1, lease=30, now=now)
-        await store.finish_delivery(
-            other.id, "pending", attempts=1, now=now, next_attempt_at=now + 600, error="x"
-        )
-        assert await store.claim_deliveries("c", 3, lease=30, now=now + 1) == []
-        [again] = await store.claim_deliveries("c", 3, lease=30, now=now + 5)  # held: due
-        assert (again.id, again.attempts) == (held.id, 0)  # attempts untouched
-        await store.hold_delivery(again.id, until=now + 5, now=now + 5)
+    # The circuit breaker's two operations.
+    store = any_store
+    now = time.time()
+    await store.accept_events([(f"e{i}", "e", b"{}") for i in range(4)], dedupe_window=60, now=now)
+    events = await store.claim_events(4, lease=30, now=now)
+    await store.record_routing(
+        [
+            RoutedEvent(e, [NewDelivery(f"{e.id}:r:{ch}", "r", ch, b"{}")])
+            for e, ch in zip(events, ["c", "c", "c", "other"], strict=True)
+        ],
+        now=now,
+    )
+    failed, held, leased = await store.claim_deliveries("c", 3, lease=30, now=now)
+    await store.finish_delivery(
+        failed.id, "pending", attempts=1, now=now, next_attempt_at=now + 600, error="HTTP 503"
+    )
+    await store.hold_delivery(held.id, until=now + 5, now=now)
+    [other] = await store.claim_deliveries("other", 1, lease=30, now=now)
+    await store.finish_delivery(
+        other.id, "pending", attempts=1, now=now, next_attempt_at=now + 600, error="x"
+    )
+    assert await store.claim_deliveries("c", 3, lease=30, now=now + 1) == []
+    [again] = await store.claim_deliveries("c", 3, lease=30, now=now + 5)  # held: due
+    assert (again.id, again.attempts) == (held.id, 0)  # attempts untouched
+    await store.hold_delivery(again.id, until=now + 5, now=now + 5)
 
-        # Only the channel's own waiting retries are released, and the one in flight
-        # (leased, still due) is not touched.
-        assert await store.release_retries("c", now=now + 6) == 1
-        due = await store.claim_deliveries("c", 3, lease=30, now=now + 6)
-        assert sorted(j.id for j in due) == sorted([failed.id, held.id])
-        assert [j.attempts for j in due if j.id == failed.id] == [1]
-        assert await store.claim_deliveries("other", 1, lease=30, now=now + 6) == []
-        assert leased.id not in {j.id for j in due}
-        await store.hold_delivery(failed.id, until=now + 9, now=now + 6)
-        detail = await store.get_delivery(failed.id)
-        assert detail is not None
-        record = detail.record
-        assert (record.attempts, record.last_error, record.state) == (1, "HTTP 503", "pending")
-    finally:
-        await store.close()
+    # Only the channel's own waiting retries are released, and the one in flight
+    # (leased, still due) is not touched.
+    assert await store.release_retries("c", now=now + 6) == 1
+    due = await store.claim_deliveries("c", 3, lease=30, now=now + 6)
+    assert sorted(j.id for j in due) == sorted([failed.id, held.id])
+    assert [j.attempts for j in due if j.id == failed.id] == [1]
+    assert await store.claim_deliveries("other", 1, lease=30, now=now + 6) == []
+    assert leased.id not in {j.id for j in due}
+    await store.hold_delivery(failed.id, until=now + 9, now=now + 6)
+    detail = await store.get_delivery(failed.id)
+    assert detail is not None
+    record = detail.record
+    assert (record.attempts, record.last_error, record.state) == (1, "HTTP 503", "pending")
