@@ -41,7 +41,14 @@ class CircuitBreaker:
 
     def wants_probe(self, now: float) -> bool:
         """Whether the circuit is open, no probe is out, and the next one is due."""
-        return self.open and self.probe_id is None and now >= self.probe_at
+        return self.probe_in(now) == 0.0
+
+    def probe_in(self, now: float) -> float | None:
+        """Seconds until the next probe is due (0 once it is), while the circuit is open
+        and no probe is out; else None."""
+        if not self.open or self.probe_id is not None:
+            return None
+        return max(0.0, self.probe_at - now)
 
     def failed(
         self,

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from router.breaker import PROBE_CAP, CircuitBreaker
+from router.breaker import CircuitBreaker
 from router.channels import Channel, DeliveryOutcome, Message, PermanentError, RetryableError
 from router.metrics import Metrics
 from router.pacing import IngestPressure
@@ -217,9 +217,9 @@ class Dispatcher:
                 # not yet due, and the next look would be a whole poll later.
                 timeout = min(POLL_SECONDS, retry - now + RETRY_SLACK)
             for runtime in self.channels.values():
-                breaker = runtime.breaker
-                if breaker.open and breaker.probe_id is None and breaker.probe_at > now:
-                    timeout = min(timeout, breaker.probe_at - now + RETRY_SLACK)
+                probe_in = runtime.breaker.probe_in(now)
+                if probe_in:  # (0: due now, and the claim round just looked)
+                    timeout = min(timeout, probe_in + RETRY_SLACK)
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
@@ -345,7 +345,7 @@ class Dispatcher:
         elif breaker.failed(
             job.id,
             now,
-            longest_wait=min(PROBE_CAP, self.policy.cap),
+            longest_wait=self.policy.cap,
             retry_after=result.retry_after,
         ):
             log.warning(

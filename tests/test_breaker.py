@@ -13,8 +13,12 @@ def test_opens_after_the_threshold_of_failures_in_a_row() -> None:
     assert breaker.open
     assert breaker.holds(4) and breaker.holds(1)
     assert breaker.probe_at == 100.0 + PROBE_FIRST
+    assert breaker.probe_in(100.0) == PROBE_FIRST
     assert not breaker.wants_probe(100.0 + PROBE_FIRST - 0.01)
     assert breaker.wants_probe(100.0 + PROBE_FIRST)
+    assert breaker.probe_in(100.0 + 2 * PROBE_FIRST) == 0.0
+    breaker.probe_id = 9
+    assert breaker.probe_in(200.0) is None  # a probe is out
 
 
 def test_a_success_between_failures_starts_the_count_again() -> None:
