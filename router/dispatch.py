@@ -281,12 +281,12 @@ class Dispatcher:
             async with runtime.slots:
                 if self._stopping:
                     return  # claimed but not started: left for the next start
-                held = runtime.breaker.holds(job.id)
-                if not held:
+                result = None
+                if not runtime.breaker.holds(job.id):
                     self._started_work()
                     working = True
                     result = await self._send(runtime, job)
-            if held:
+            if result is None:  # the channel's circuit is open: back to the store untried
                 until = runtime.breaker.probe_at
                 await self.store.hold_delivery(job.id, until=until, now=self.clock())
                 self.metrics.held.labels(runtime.name).inc()
@@ -357,8 +357,9 @@ class Dispatcher:
                 },
             )
 
-    async def _send(self, runtime: ChannelRuntime, job: DeliveryJob) -> Attempted:
-        """One attempt through the channel (or the log, for a log-only channel)."""
+    async def _send(self, runtime: ChannelRuntime, job: DeliveryJob) -> Attempted | None:
+        """One attempt through the channel (or the log, for a log-only channel); None
+        when the channel's circuit opened while the send waited for its rate limit."""
         definition = runtime.definition
         plugin = definition.type.plugin
         attempt = job.attempts + 1
@@ -410,6 +411,8 @@ class Dispatcher:
         else:
             if runtime.limiter is not None:
                 await runtime.limiter.acquire()
+                if runtime.breaker.holds(job.id):  # other sends failed meanwhile
+                    return None
             try:
                 # asyncio.timeout, not wait_for: no extra task per send.
                 async with asyncio.timeout(definition.options.timeout):

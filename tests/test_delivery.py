@@ -591,3 +591,26 @@ async def test_jobs_claimed_before_the_circuit_opened_are_held_not_probes(
     await receiver.wait_for(3, timeout=10)
     await until(lambda: {d["state"] for d in deliveries(store_db)} == {"delivered"})
     assert not dispatcher.channels["hook"].breaker.open
+
+
+async def test_sends_waiting_for_the_rate_limit_are_held_once_the_circuit_opens(
+    service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
+) -> None:
+    # Four sends take the channel's four slots at once, then wait their turn at 5/s
+    # (0, 0.2, 0.4, 0.6 s); the second failure opens the circuit at about 0.2 s.
+    receiver.script.extend([(503, {})] * 1000)
+    rules = webhook_rules(receiver.url).replace(
+        "timeout: 5", "timeout: 5\n    circuit_breaker: 2\n    rate_limit: 5/s"
+    )
+    client = await service(rules, backoff_base=60, backoff_cap=60)
+    await client.post("/events", json=[example("course_created") | {"n": n} for n in range(4)])
+    await until(
+        lambda: (
+            sum(
+                d["attempts"] == 0 and d["next_attempt_at"] > d["created_at"]
+                for d in deliveries(store_db)
+            )
+            == 2
+        )
+    )
+    assert receiver.requests == 2  # the two still waiting went back untried
