@@ -156,7 +156,9 @@ async def test_a_damaged_stored_message_is_a_dead_letter_not_a_loop(
 async def test_a_receiver_slower_than_the_timeout_is_retried(
     service: ServiceFactory, receiver: WebhookReceiver, store_db: StoreDB
 ) -> None:
-    receiver.delay = 1.0
+    # Far slower than both attempts together (a handler that finished its sleep would
+    # be recorded, and a second was too close on a busy machine).
+    receiver.delay = 3.0
     rules = webhook_rules(receiver.url).replace("timeout: 5", "timeout: 0.2")
     client = await service(rules, max_attempts=2)
     await client.post("/events", json=example("course_created"))
