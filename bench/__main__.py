@@ -122,7 +122,7 @@ def scenario_e2e(quick: bool, tmp: Path) -> tuple[list[Row], dict[str, Any], boo
         p99 = "-" if r["p99_ms"] is None else f"{r['p99_ms']:.1f}"
         ours = (
             f"p50 {p50} ms, p99 {p99} ms, lost {r['lost']}/{r['accepted_202']}"
-            f" (sent {r['achieved_send_rate']:,.0f}/s)"
+            f" (sent {r['achieved_send_rate']:,.0f}/s; router core {r['router_busy']:.0%} busy)"
         )
         if rate == "1000":
             met = r["p99_ms"] is not None and r["p99_ms"] < 50 and r["lost"] == 0
@@ -150,17 +150,21 @@ def scenario_delivery(quick: bool, tmp: Path) -> tuple[list[Row], dict[str, Any]
     code, text = quiet_call(lambda: delivery.main(argv))
     ratio_m = re.search(r"ratio \(router/apprise\) = ([\d.]+)", text)
     rates = re.findall(
-        r"^\| (router|apprise|aiohttp)[^|]*\|[^|]*\|[^|]*\|[^|]*\| ([\d,]+) \|$", text, re.M
+        r"^\| (router|apprise|aiohttp)[^|]*\|[^|]*\|[^|]*\|[^|]*\| ([\d,]+) \| ([\d,]+) \|$",
+        text,
+        re.M,
     )
     if ratio_m is None or len(rates) != 3:
         raise RuntimeError(f"bench.delivery output not understood (exit {code}):\n{text[-2000:]}")
-    by = {name: float(value.replace(",", "")) for name, value in rates}
+    by = {name: float(rate.replace(",", "")) for name, _, rate in rates}
+    cpu = {name: float(us.replace(",", "")) for name, us, _ in rates}
     ratio = float(ratio_m.group(1))
     rows = [
         row(
             "3. delivery throughput (notifications/s, router vs Apprise)",
-            f"{by['router']:,.0f}/s",
-            f"{by['apprise']:,.0f}/s (the aiohttp client alone: {by['aiohttp']:,.0f}/s)",
+            f"{by['router']:,.0f}/s ({cpu['router']:,.0f} µs of CPU each)",
+            f"{by['apprise']:,.0f}/s (the aiohttp client alone: {by['aiohttp']:,.0f}/s,"
+            f" {cpu['aiohttp']:,.0f} µs each)",
             ratio,
             ">= 10",
             ratio >= 10,
@@ -172,6 +176,11 @@ def scenario_delivery(quick: bool, tmp: Path) -> tuple[list[Row], dict[str, Any]
             "router_per_s": by["router"],
             "apprise_per_s": by["apprise"],
             "bare_client_per_s": by["aiohttp"],
+            "cpu_us_per_notification": {
+                "router": cpu["router"],
+                "apprise": cpu["apprise"],
+                "bare_client": cpu["aiohttp"],
+            },
             "log": text,
         },
         (code == 0),

@@ -8,7 +8,10 @@ each event carries its send time (``body.bench_sent``, wall clock) and a distinc
 ``metadata.request_id``. The receiver records, per request id, arrival time minus send
 time: the latency from the POST to the delivered webhook (it includes the ingest
 answer, so it bounds accepted->delivered from above). Every event answered 202 must
-arrive (losses = 202'd ids the receiver never saw within the drain timeout).
+arrive (losses = 202'd ids the receiver never saw within the drain timeout). The router's
+CPU time (all its threads, from ``/proc``) from the first POST of a rate until its last
+delivery arrived tells how busy its core was and what an event cost: when the core is
+near 100 %, the latency is a queue's, and the rate is past what the machine can do.
 
     .venv/bin/python -m bench.e2e                   # 20 s per rate
     .venv/bin/python -m bench.e2e --quick           # 3 s per rate
@@ -40,6 +43,7 @@ from bench.ingest import (
     BenchError,
     Server,
     cpu_plan,
+    cpu_seconds,
     free_port,
     pinned,
     router_argv,
@@ -228,9 +232,10 @@ def _split(template: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
 
 
 async def run_rate(
-    router_url: str, receiver: Receiver, tag: str, rate: float, duration: float
+    router_url: str, router_pid: int, receiver: Receiver, tag: str, rate: float, duration: float
 ) -> dict[str, Any]:
     template = orjson.loads(EVENT_FILE.read_bytes())
+    cpu_before, started = cpu_seconds(router_pid), time.monotonic()
     load = await open_loop(f"{router_url}/events", tag, rate, duration, template)
     accepted = set(load.pop("accepted"))
     deadline = time.monotonic() + DRAIN_TIMEOUT
@@ -241,9 +246,14 @@ async def run_rate(
         if not missing or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.2)
+    # From the first POST until the last delivery arrived (or the drain gave up).
+    cpu, elapsed = cpu_seconds(router_pid) - cpu_before, time.monotonic() - started
     latencies = sorted(v for k, v in arrived.items() if k in accepted)
     return {
         **load,
+        "router_cpu_seconds": cpu,
+        "router_busy": cpu / elapsed if elapsed > 0 else 0.0,
+        "router_cpu_us_per_event": cpu / len(accepted) * 1e6 if accepted else None,
         "accepted_202": len(accepted),
         "delivered": len(accepted) - len(missing),
         "lost": len(missing),
@@ -270,12 +280,14 @@ async def run_all(
     receiver.start()
     try:
         router.start(port, server_cpus)
-        url = f"http://127.0.0.1:{port}"
-        await run_rate(url, receiver, "warm", min(rates), 0.5 if quick else WARMUP_SECONDS)
+        assert router.proc is not None
+        url, pid = f"http://127.0.0.1:{port}", router.proc.pid
+        warmup = 0.5 if quick else WARMUP_SECONDS
+        await run_rate(url, pid, receiver, "warm", min(rates), warmup)
         for rate in rates:
             print(f"  e2e: {rate:g} events/s for {duration:g}s", flush=True)
             results["rates"][str(int(rate))] = await run_rate(
-                url, receiver, f"r{int(rate)}", rate, duration
+                url, pid, receiver, f"r{int(rate)}", rate, duration
             )
     finally:
         code = router.stop()
@@ -287,14 +299,17 @@ async def run_all(
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        "| offered/s | achieved send/s | 202 | delivered | lost | p50 ms | p99 ms | max ms |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| offered/s | achieved send/s | 202 | delivered | lost | p50 ms | p99 ms | max ms"
+        " | router core busy | router CPU µs/event |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for rate, r in results["rates"].items():
         p = [("-" if r[k] is None else f"{r[k]:.1f}") for k in ("p50_ms", "p99_ms", "max_ms")]
+        per_event = r["router_cpu_us_per_event"]
         lines.append(
             f"| {rate} | {r['achieved_send_rate']:.0f} | {r['accepted_202']} | {r['delivered']}"
-            f" | {r['lost']} | {p[0]} | {p[1]} | {p[2]} |"
+            f" | {r['lost']} | {p[0]} | {p[1]} | {p[2]} | {r['router_busy']:.0%}"
+            f" | {'-' if per_event is None else f'{per_event:,.0f}'} |"
         )
     return "\n".join(lines)
 

@@ -152,6 +152,17 @@ def cpu_plan(pin: bool) -> tuple[set[int] | None, set[int] | None, str]:
     return server, generator, f"server on cpu {available[-1]}, load generator on cpu {available[0]}"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), 0 once it is gone or
+    where there is no ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def pinned(cpus: set[int] | None) -> Any:
     if cpus is None:
         return None

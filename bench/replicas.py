@@ -63,6 +63,7 @@ from bench.ingest import (
     BenchError,
     Generator,
     Server,
+    cpu_seconds,
     fmt,
     free_port,
     get_json,
@@ -77,20 +78,8 @@ DEFAULT_PG = os.environ.get(
     os.environ.get("ROUTER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"),
 )
 DRAIN_TIMEOUT = 180.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
 
 # -- CPU accounting ----------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 async def pg_backends(dsn: str, application_name: str) -> list[int]:

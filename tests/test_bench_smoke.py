@@ -66,3 +66,8 @@ def test_the_whole_suite_runs_quick(tmp_path: Path) -> None:
     [floor] = [row for row in data["rows"] if row["scenario"].startswith("1. durable floor")]
     assert 0 < floor["ratio"] < 2, floor
     assert all(row["ours"] not in ("", "—") for row in data["rows"]), data["rows"]
+    # The CPU each costs, so that a missed target can be told from a saturated core.
+    for rate in data["details"]["e2e"]["rates"].values():
+        assert 0 < rate["router_busy"] <= 2.5 and rate["router_cpu_us_per_event"] > 0, rate
+    cpu = data["details"]["delivery"]["cpu_us_per_notification"]
+    assert set(cpu) == {"router", "apprise", "bare_client"} and min(cpu.values()) > 0, cpu
