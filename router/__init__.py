@@ -2,20 +2,31 @@
 
 Plugin authors import everything they need from here::
 
-    from router import hookimpl, Channel, Message, PermanentError, RetryableError
+    from router import hookimpl, Channel, ChannelConfig, Message, PermanentError, RetryableError
+    from router import retry_after_seconds
 """
 
-from router.channels import Channel, DeliveryError, Message, PermanentError, RetryableError
+from router.channels import (
+    Channel,
+    ChannelConfig,
+    DeliveryError,
+    Message,
+    PermanentError,
+    RetryableError,
+    retry_after_seconds,
+)
 from router.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Channel",
+    "ChannelConfig",
     "DeliveryError",
     "Message",
     "PermanentError",
     "RetryableError",
     "__version__",
     "hookimpl",
+    "retry_after_seconds",
 ]
