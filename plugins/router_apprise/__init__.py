@@ -8,24 +8,30 @@ saying what to install.
 """
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 
 from router import Channel, ChannelConfig, Message, RetryableError, hookimpl
 
-try:
-    import apprise
-except ImportError:  # the optional extra is not installed
-    apprise = None
-
 __version__ = "0.1.0"
 
-log = logging.getLogger(__name__)
-
 MISSING = "the apprise package is not installed: pip install 'router[apprise]'"
+
+
+@functools.cache
+def load_apprise() -> ModuleType | None:
+    """The apprise module, or None when the optional extra is not installed. Imported
+    on first use, not with the plugin: it takes a while, and most rules never use it."""
+    try:
+        import apprise
+    except ImportError:
+        return None
+    return apprise
 
 
 class AppriseConfig(ChannelConfig):
@@ -33,6 +39,7 @@ class AppriseConfig(ChannelConfig):
 
     urls: list[SecretStr] = Field(
         default_factory=list,
+        validate_default=True,  # say that apprise is missing even with no urls
         description="Apprise URLs (credentials: each may hold tokens); empty ones are skipped,"
         " none left: log only",
     )
@@ -45,6 +52,7 @@ class AppriseConfig(ChannelConfig):
     @field_validator("urls")
     @classmethod
     def _understood(cls, value: list[SecretStr]) -> list[SecretStr]:
+        apprise = load_apprise()
         if apprise is None:
             raise ValueError(MISSING)
         urls = [SecretStr(url.get_secret_value().strip()) for url in value]
@@ -72,10 +80,13 @@ class AppriseChannel(Channel):
         return None if self.config.urls else "no Apprise urls configured"
 
     async def open(self) -> None:
+        apprise = load_apprise()
         if apprise is None:  # validation already refused this; kept for direct use
             raise RuntimeError(MISSING)
-        # Apprise's debug and info lines name the URLs it posts to: keep them quiet.
-        logging.getLogger("apprise").setLevel(logging.WARNING)
+        # Apprise's debug lines, and those of urllib3 under it (requests), name the URLs
+        # they post to, tokens in the path included: keep both above debug.
+        for name in ("apprise", "urllib3"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         self._apprise = apprise.Apprise()
         for url in self.config.urls:
             self._apprise.add(url.get_secret_value())
@@ -101,6 +112,4 @@ class AppriseChannel(Channel):
 @hookimpl
 def register_channels(register: Callable[[type[Channel]], None]) -> None:
     """Provide the ``apprise`` channel type (usable once apprise is installed)."""
-    if apprise is None:
-        log.info("apprise channel: %s", MISSING)
     register(AppriseChannel)
