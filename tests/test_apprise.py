@@ -155,7 +155,9 @@ async def test_no_urls_is_log_only(
     await until(lambda: first_state(store_db) == "logged")
 
 
-def test_an_url_apprise_does_not_know_is_a_config_error(tmp_path: Path) -> None:
+def test_an_url_apprise_does_not_know_is_a_config_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(apprise_rules('["json://ok.example/x", "nosuch://user:hunter2@host/"]'))
     with pytest.raises(ConfigErrors) as caught:
@@ -164,6 +166,8 @@ def test_an_url_apprise_does_not_know_is_a_config_error(tmp_path: Path) -> None:
     assert error.path == "channels.everywhere.urls"
     assert error.message == "urls[1]: Apprise does not understand it (scheme 'nosuch')"
     assert "hunter2" not in str(error)
+    # Apprise logs what it cannot parse: masked.
+    assert "Unparseable URL" in caplog.text and "hunter2" not in caplog.text
 
 
 def run_without_apprise(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -21,6 +22,34 @@ from router import Channel, ChannelConfig, Message, RetryableError, hookimpl
 __version__ = "0.1.0"
 
 MISSING = "the apprise package is not installed: pip install 'router[apprise]'"
+
+
+class HideURLs(logging.Filter):
+    """Masks the configured Apprise URLs, and their parts, in Apprise's own log lines
+    (it logs on the one ``apprise`` logger, and some lines name a URL it was given)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: list[str] = []
+
+    def add(self, url: str) -> None:
+        """Mask ``url``, its user, password, host, path and query from now on."""
+        parts = urlsplit(url)
+        found = {url, parts.netloc, parts.path, parts.query, parts.username, parts.password}
+        found = {s for s in found - {None} if len(s) >= 4 and s.strip("/")} | set(self.secrets)
+        self.secrets = sorted(found, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            text = record.getMessage()
+            for secret in self.secrets:
+                text = text.replace(secret, "***")
+            record.msg, record.args = text, ()
+        return True
+
+
+HIDE_URLS = HideURLs()
+logging.getLogger("apprise").addFilter(HIDE_URLS)
 
 
 @functools.cache
@@ -58,6 +87,7 @@ class AppriseConfig(ChannelConfig):
         urls = [SecretStr(url.get_secret_value().strip()) for url in value]
         for index, url in enumerate(urls):
             text = url.get_secret_value()
+            HIDE_URLS.add(text)  # before Apprise parses it: it may log what it cannot parse
             if text and apprise.Apprise.instantiate(text) is None:
                 scheme = text.split("://", 1)[0] if "://" in text else "(none)"
                 # Never the URL itself: it is a credential.
@@ -83,12 +113,12 @@ class AppriseChannel(Channel):
         apprise = load_apprise()
         if apprise is None:  # validation already refused this; kept for direct use
             raise RuntimeError(MISSING)
-        # Apprise's debug lines, and those of urllib3 under it (requests), name the URLs
-        # they post to, tokens in the path included: keep both above debug.
-        for name in ("apprise", "urllib3"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # urllib3 (under requests, under Apprise) logs every URL it posts to at debug,
+        # tokens in the path included, on loggers of its own: keep it above debug.
+        logging.getLogger("urllib3").setLevel(logging.INFO)
         self._apprise = apprise.Apprise()
         for url in self.config.urls:
+            HIDE_URLS.add(url.get_secret_value())
             self._apprise.add(url.get_secret_value())
 
     def body(self, message: Message) -> str:
