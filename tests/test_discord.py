@@ -206,6 +206,18 @@ async def test_429_waits_exactly_retry_after(
     await until(lambda: all(d["state"] == "delivered" for d in deliveries(store_db)))
 
 
+async def test_an_empty_bucket_is_waited_for_without_a_429(
+    service: ServiceFactory, discord: FakeDiscord, store_db: StoreDB
+) -> None:
+    discord.limit, discord.per = 2, 1.5
+    client = await service(discord_rules(discord.url, "rate_limit: none\nconcurrency: 1"))
+    await client.post("/events", json=distinct(4))
+    await until(lambda: len(discord.messages()) == 4, timeout=15)
+    assert [hit.status for hit in discord.hits] == [200] * 4  # X-RateLimit-* followed
+    first, _, third, _ = discord.hits
+    assert third.at - first.at >= 1.45
+
+
 async def test_the_fake_answers_429_like_discord(discord: FakeDiscord) -> None:
     """The fake's 429: the documented body and headers, retry_after fractional."""
     discord.limit, discord.per = 1, 2.0

@@ -4,7 +4,9 @@ Written exactly as a third-party plugin would be: it registers through the ``rou
 entry-point group and uses only the public ``router`` API.
 """
 
-from collections.abc import Callable, Iterator
+import asyncio
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit
 
@@ -127,7 +129,9 @@ class DiscordChannel(Channel):
     title, the text and the ``link`` block; ``allowed_mentions`` parses nothing unless
     ``mentions`` says otherwise. 429 waits exactly Discord's ``retry_after``; 5xx and
     network errors retry; 404 (webhook deleted), 400 (50035, invalid form body) and
-    other 4xx are dead letters with Discord's message."""
+    other 4xx are dead letters with Discord's message. After an answer saying the
+    webhook's bucket is empty (``X-RateLimit-Remaining: 0``), the next send waits for
+    ``X-RateLimit-Reset-After`` rather than earn a 429."""
 
     type = "discord"
     Config = DiscordConfig
@@ -153,9 +157,19 @@ class DiscordChannel(Channel):
         self._session = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout()
         )
+        #: When the webhook's bucket, empty after the last answer, refills (monotonic).
+        self._bucket_resets = 0.0
 
     async def close(self) -> None:
         await self._session.close()
+
+    def _note_bucket(self, headers: Mapping[str, str]) -> None:
+        """Remember an empty bucket (``X-RateLimit-Remaining: 0``) until it resets, so
+        the next send waits for it instead of earning a 429."""
+        if headers.get("X-RateLimit-Remaining") == "0":
+            reset_after = retry_after_seconds(headers.get("X-RateLimit-Reset-After"))
+            if reset_after:
+                self._bucket_resets = max(self._bucket_resets, time.monotonic() + reset_after)
 
     def payload(self, message: Message) -> dict[str, Any]:
         """The JSON body: content and embeds, identity overrides, allowed mentions."""
@@ -190,8 +204,12 @@ class DiscordChannel(Channel):
     async def send(self, message: Message) -> None:
         payload = orjson.dumps(self.payload(message))
         headers = {"Content-Type": "application/json"}
+        wait = self._bucket_resets - time.monotonic()
+        if wait > 0:  # bounded: a wait past the send's timeout is a 429's business
+            await asyncio.sleep(min(wait, self.timeout / 2))
         try:
             async with self._session.post(self._target, data=payload, headers=headers) as resp:
+                self._note_bucket(resp.headers)
                 if 200 <= resp.status < 300:
                     return
                 body = await resp.text("utf-8", "replace")
