@@ -125,7 +125,9 @@ class AppriseChannel(Channel):
         """The text, with the ``link`` block as an "Open in Canvas" line."""
         text = message.text or message.title or message.event_name
         link = message.blocks.get("link", "").strip()
-        return f"{text}\n\nOpen in Canvas: {link}" if link else text
+        if urlsplit(link).scheme in ("http", "https") and " " not in link:
+            return f"{text}\n\nOpen in Canvas: {link}"
+        return text
 
     async def send(self, message: Message) -> None:
         ok = await asyncio.to_thread(
