@@ -116,7 +116,8 @@ def service_error(status: int, reason: str, body: str) -> tuple[str, dict[str, A
     if not isinstance(data, dict):
         detail = body.strip()[:200]
         return (f"{head}: {detail}" if detail else head), {}
-    detail = f"Discord {data.get('code', '?')} {data.get('message') or ''}".strip()
+    parts = ("Discord", data.get("code"), data.get("message"))
+    detail = " ".join(str(part) for part in parts if part is not None and part != "")
     fields = list(_field_errors(data.get("errors")))
     if fields:
         detail += ": " + "; ".join(fields)
