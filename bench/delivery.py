@@ -186,13 +186,12 @@ async def run_router(
 
     ``rules_template`` (formatted with the receiver's ``url`` and ``concurrency``) names
     one channel, ``bench-hook`` by default; ``bench.chat`` passes its chat channels."""
-    from router.app import build_router
     from router.dispatch import Dispatcher, RetryPolicy, close_channels, open_channels
     from router.events import canonical_json, event_identity
     from router.hookspecs import hookimpl
     from router.plugins import load_plugins
     from router.redact import Redactor
-    from router.routing import RoutingWorker
+    from router.routing import RoutingWorker, build_router
     from router.settings import Settings
     from router.store import open_store
 
