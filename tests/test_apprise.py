@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from router_apprise import AppriseChannel, AppriseConfig
 
+from router import Message
 from router.config_source import ConfigErrors
 from router.plugins import load_plugins
 from router.rules import load_rules
@@ -198,3 +200,14 @@ def test_without_apprise_the_plugin_loads_and_validate_says_what_to_install(
         "channels.everywhere.urls: the apprise package is not installed:"
         " pip install 'router[apprise]'" in checked.stdout + checked.stderr
     )
+
+
+def test_the_link_line_is_added_unless_the_text_shows_it() -> None:
+    channel = AppriseChannel("everywhere", AppriseConfig(urls=["json://127.0.0.1:9/x"]))
+    base = {"key": "k", "event_id": "e", "event_name": "n", "rule": "r", "channel": "c"}
+    link = "https://canvas.example.edu/courses/1"
+    assert channel.body(Message(**base, text="Hi", blocks={"link": link})) == (
+        f"Hi\n\nOpen in Canvas: {link}"
+    )
+    assert channel.body(Message(**base, text=f"Hi {link}", blocks={"link": link})) == f"Hi {link}"
+    assert channel.body(Message(**base, text="Hi", blocks={"link": "not a url"})) == "Hi"

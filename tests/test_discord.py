@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from router_discord import DiscordChannel, DiscordConfig
+from router_discord import DiscordChannel, DiscordConfig, default_embed
 
 from router import Message, PermanentError
 from router.config_source import ConfigErrors
@@ -326,3 +326,11 @@ def test_embeds_block_shapes() -> None:
         channel.payload(Message(**base, blocks={"discord_embeds": '{"title": "x"}'}))
     with pytest.raises(PermanentError, match="is not valid JSON"):
         channel.payload(Message(**base, blocks={"discord_embeds": "[{"}))
+
+
+def test_a_text_that_shows_the_link_gets_no_second_one() -> None:
+    base = {"key": "k", "event_id": "e", "event_name": "n", "rule": "r", "channel": "chat"}
+    shown = Message(**base, title="T", text=f"See {LINK}", blocks={"link": LINK})
+    assert default_embed(shown) == {"title": "T", "description": f"See {LINK}", "url": LINK}
+    hidden = Message(**base, title="T", text="See Canvas", blocks={"link": LINK})
+    assert default_embed(hidden)["description"] == f"See Canvas\n\n[Open in Canvas]({LINK})"

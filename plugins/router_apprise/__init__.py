@@ -122,10 +122,12 @@ class AppriseChannel(Channel):
             self._apprise.add(url.get_secret_value())
 
     def body(self, message: Message) -> str:
-        """The text, with the ``link`` block as an "Open in Canvas" line."""
+        """The text, with the ``link`` block as an "Open in Canvas" line when the text
+        does not show it already."""
         text = message.text or message.title or message.event_name
         link = message.blocks.get("link", "").strip()
-        if urlsplit(link).scheme in ("http", "https") and " " not in link:
+        usable = urlsplit(link).scheme in ("http", "https") and " " not in link
+        if usable and link not in text:  # unless the text already shows it
             return f"{text}\n\nOpen in Canvas: {link}"
         return text
 

@@ -79,9 +79,10 @@ def shorten(text: str, limit: int) -> str:
 
 def default_embed(message: Message) -> dict[str, Any]:
     """One embed: the title (a link to Canvas when there is one) and the text, ending
-    with an "Open in Canvas" link."""
+    with an "Open in Canvas" link when the text does not show the link already."""
     link = link_of(message)
-    after = f"\n\n[Open in Canvas]({link})" if link else ""
+    # The link goes at the end, unless the text already shows it.
+    after = f"\n\n[Open in Canvas]({link})" if link and link not in message.text else ""
     description = shorten(message.text, DESCRIPTION_CHARS - len(after)) + after
     embed: dict[str, Any] = {"title": shorten(message.title or message.event_name, TITLE_CHARS)}
     if description.strip():

@@ -97,7 +97,7 @@ def text_message(title: str, text: str, link: str | None) -> dict[str, Any]:
     lines = [f"*{plain(title)}*"] if title else []
     if text:
         lines.append(plain(text))
-    if link:
+    if link and link not in text:  # unless the text already shows it
         lines.append(f"<{link}|Open in Canvas>")
     return {"text": "\n".join(lines)}
 
