@@ -302,6 +302,10 @@ async def test_default_rate_limit_spaces_posts(
         ("url: https://x\nthread_id: abc", "String should match pattern '^[0-9]{1,20}$'"),
         ("url: https://x\nmentions: [here]", "Input should be 'users', 'roles' or 'everyone'"),
         ("url: https://x\nusername: ''", "String should have at least 1 character"),
+        (
+            "url: https://x\nusername: Discord Bot",
+            "Discord refuses webhook usernames containing 'discord'",
+        ),
     ],
 )
 def test_bad_config_fails_rules_loading(tmp_path: Path, settings: str, message: str) -> None:

@@ -58,6 +58,14 @@ class DiscordConfig(ChannelConfig):
             raise ValueError("'url' must be an http(s):// Discord webhook URL")
         return SecretStr(url)
 
+    @field_validator("username")
+    @classmethod
+    def _allowed_name(cls, value: str | None) -> str | None:
+        for word in ("discord", "clyde"):  # Discord refuses webhook names holding these
+            if value and word in value.lower():
+                raise ValueError(f"Discord refuses webhook usernames containing {word!r}")
+        return value
+
     @field_validator("avatar_url")
     @classmethod
     def _http_avatar(cls, value: str | None) -> str | None:

@@ -102,6 +102,17 @@ def form_errors(body: Any) -> dict[str, Any]:
                 }
             ]
         }
+    username = str(body.get("username") or "")
+    for word in ("discord", "clyde"):
+        if word in username.lower():
+            errors["username"] = {
+                "_errors": [
+                    {
+                        "code": "USERNAME_INVALID_CONTAINS",
+                        "message": f'Username cannot contain "{word}"',
+                    }
+                ]
+            }
     mentions = body.get("allowed_mentions")
     if mentions is not None and not set(mentions.get("parse", [])) <= MENTION_TYPES:
         errors["allowed_mentions"] = {
