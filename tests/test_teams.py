@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 from router_teams import MAX_BYTES, TeamsChannel, TeamsConfig, default_card, envelope
+from yarl import URL
 
 from router import Message, PermanentError
 from router.config_source import ConfigErrors
@@ -144,7 +145,7 @@ async def test_the_fake_fails_an_unshortened_card(teams: FakeTeams) -> None:
     message = Message(**base, title="t", text="x" * 40_000)
     async with aiohttp.ClientSession() as session:
         big = envelope(default_card("t", message.text, None))
-        async with session.post(teams.url, data=big) as resp:
+        async with session.post(URL(teams.url, encoded=True), data=big) as resp:
             assert (resp.status, await resp.read()) == (202, b"")
     assert [run.status for run in teams.runs] == ["Failed"]
     assert "RequestEntityTooLarge" in teams.runs[0].error

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 from pydantic import Field, SecretStr, field_validator
+from yarl import URL
 
 from router import (
     Channel,
@@ -131,6 +132,8 @@ class TeamsChannel(Channel):
         parts = urlsplit(url)
         # Kept out of error texts: the URL, its path and its query (the signature).
         self._secrets = sorted({url, parts.path, parts.query} - {"", "/"}, key=len, reverse=True)
+        # Sent exactly as given: the query holds the signed ``sp=%2Ftriggers...`` and ``sig``.
+        self._target = URL(url, encoded=True)
         # No cookie jar (nothing carries over between deliveries) and no timeout of its
         # own: the router bounds every send with the channel's ``timeout:``.
         self._session = aiohttp.ClientSession(
@@ -175,9 +178,7 @@ class TeamsChannel(Channel):
         payload = self.payload(message)
         headers = {"Content-Type": "application/json"}
         try:
-            async with self._session.post(
-                self.config.url.get_secret_value(), data=payload, headers=headers
-            ) as resp:
+            async with self._session.post(self._target, data=payload, headers=headers) as resp:
                 # Workflows answer 202 with an empty body, even if the flow fails later.
                 if 200 <= resp.status < 300:
                     return

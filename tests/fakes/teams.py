@@ -95,7 +95,10 @@ class FakeTeams:
             return logic_apps_error(
                 404, "WorkflowNotFound", f"The workflow '{flow}' could not be found."
             )
-        if request.query.get("sig") != SIGNATURE:
+        if (
+            request.query.get("sig") != SIGNATURE
+            or "sp=%2Ftriggers%2Fmanual%2Frun" not in request.raw_path
+        ):
             return logic_apps_error(
                 401,
                 "DirectApiInvalidAuthorizationSignature",
