@@ -179,10 +179,9 @@ def startup_summary(settings: Settings, app: web.Application) -> dict[str, str]:
     for name, channel in rules.channels.items():
         try:
             reason = log_only_reason(channel, channel.type.cls(name, channel.config))
-        except PluginRaised as exc:
-            reason = f"cannot tell: {exc}"
-        except Exception as exc:  # a plugin's own code
-            reason = f"cannot tell: {type(exc).__name__}"
+        except Exception as exc:  # a plugin's own code: its type only (its text may hold a secret)
+            cause = exc.__cause__ if isinstance(exc, PluginRaised) else exc
+            reason = f"cannot tell: {type(cause).__name__}"
         if reason:
             log_only.append(f"{name} ({reason})")
     base = f"http://{settings.host}:{settings.port}"

@@ -4,14 +4,20 @@ delivery ends as a dead letter whose error names the plugin (and the method), an
 
 import asyncio
 import logging
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from router import Channel, ChannelConfig, Message, hookimpl
+from router.cli import startup_summary
 from router.dispatch import open_channels
-from router.plugins import ChannelType
+from router.http.app import create_app
+from router.plugins import ChannelType, load_plugins
 from router.rules import ChannelDef, ChannelOptions
+from router.settings import Settings
+from router.templates import builtin_templates
 from router.testing import event, run_router
 
 PLUGIN = "raising-plugin"
@@ -162,3 +168,16 @@ async def test_open_channels_closes_a_channel_whose_log_only_reason_raised() -> 
         " log_only_reason broke"
     )
     assert closed.is_set()
+
+
+def test_start_up_summary_names_the_error_type_of_a_raising_log_only_reason(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "rules.yaml").write_text(textwrap.dedent(rules("log_only_reason")))
+    settings = Settings(
+        rules=tmp_path / "rules.yaml", templates=builtin_templates(), db=str(tmp_path / "r.db")
+    )
+    plugins = load_plugins(extra=[RaisingPlugin()], entry_points=False)
+    summary = startup_summary(settings, create_app(settings, plugins=plugins))
+    # The type only: the text of a plugin's exception may hold a secret.
+    assert summary["log_only"] == "flaky (cannot tell: ValueError)"
