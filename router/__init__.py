@@ -2,14 +2,17 @@
 
 Plugin authors import everything they need from here::
 
-    from router import hookimpl, Channel, ChannelConfig, Message, PermanentError, RetryableError
-    from router import retry_after_seconds
+    from router import (
+        Channel, ChannelConfig, DeliveryOutcome, Message, PermanentError, RetryableError,
+        hookimpl, retry_after_seconds,
+    )
 """
 
 from router.channels import (
     Channel,
     ChannelConfig,
     DeliveryError,
+    DeliveryOutcome,
     Message,
     PermanentError,
     RetryableError,
@@ -23,6 +26,7 @@ __all__ = [
     "Channel",
     "ChannelConfig",
     "DeliveryError",
+    "DeliveryOutcome",
     "Message",
     "PermanentError",
     "RetryableError",
