@@ -124,7 +124,7 @@ _ALIASES = {
     "files": "file",
     "attachment": "file",
     "module_items": "module_item",
-        "conversations": "conversation",
+    "conversations": "conversation",
 }
 
 
@@ -187,7 +187,7 @@ def canvas_url(
         {{ body.assignment_id | canvas_url("assignment", course=565) }}
                                                        -> .../courses/565/assignments/355
         {{ body.user_id | canvas_url("submission", course=565, assignment=355) }}
-                                                       -> .../courses/565/assignments/355/submissions/48
+                                           -> .../courses/565/assignments/355/submissions/48
         {{ body.wiki_page_id | canvas_url("page", course=565) }}
                                                        -> .../courses/565/pages/page_id:9
         {{ body.user.id | canvas_url("user") }}        -> .../users/123
@@ -219,7 +219,9 @@ def canvas_url(
             alone,
         ):
             if pattern is not None and all(
-                parts[name] for name in ("course", "group", "assignment") if f"{{{name}}}" in pattern
+                parts[name]
+                for name in ("course", "group", "assignment")
+                if f"{{{name}}}" in pattern
             ):
                 return f"https://{host}{pattern.format(**parts)}"
         return ""

@@ -93,6 +93,7 @@ class Router:
             channel="",
             previous=None if previous is None else previous.get("body"),
             default_time_zone=self.rules.defaults.time_zone,
+            display_time_zone=self.rules.defaults.display_time_zone,
         )
         deliveries: list[NewDelivery] = []
         digests: list[DigestEntry] = []
@@ -193,6 +194,7 @@ class Router:
             channel="",
             previous=None,
             default_time_zone=self.rules.defaults.time_zone,
+            display_time_zone=self.rules.defaults.display_time_zone,
         )
         variables.update(events=events, count=len(events), group=orjson.loads(digest.group))
         jobs = []

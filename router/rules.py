@@ -14,10 +14,12 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -123,12 +125,28 @@ class Digest(BaseModel):
     max: int = Field(50, ge=1, le=10_000)
 
 
+def _known_zone(name: str | None) -> str | None:
+    """An IANA time zone name the system knows (``America/Chicago``), else an error."""
+    if name is None:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r} (an IANA name such as 'America/New_York')"
+        ) from None
+    return name
+
+
 class Defaults(BaseModel):
     """Settings that apply to every rule that does not say otherwise."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    time_zone: str | None = None
+    time_zone: str | None = Field(None, description="zone of events without metadata.time_zone")
+    display_time_zone: Annotated[str | None, AfterValidator(_known_zone)] = Field(
+        None, description="zone every time is shown in, whatever zone the event names"
+    )
     throttle: Throttle | None = None
 
 

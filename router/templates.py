@@ -328,9 +328,12 @@ def template_context(
     channel: str,
     previous: dict[str, Any] | None = None,
     default_time_zone: str | None = None,
+    display_time_zone: str | None = None,
 ) -> dict[str, Any]:
     """The variables a template sees. ``previous`` is the entity's body as the router
-    last knew it (None when unknown); digests add ``events``, ``count`` and ``group``."""
+    last knew it (None when unknown); digests add ``events``, ``count`` and ``group``.
+    ``time_zone`` (where ``localtime`` shows times) is ``display_time_zone`` when the
+    rules set one, else the event's ``metadata.time_zone``, else ``default_time_zone``."""
     metadata = event.get("metadata") or {}
     return {
         "event": event,
@@ -342,5 +345,5 @@ def template_context(
         "rule": rule,
         "channel": channel,
         "now": datetime.now().astimezone(),
-        "time_zone": metadata.get("time_zone") or default_time_zone or "UTC",
+        "time_zone": display_time_zone or metadata.get("time_zone") or default_time_zone or "UTC",
     }

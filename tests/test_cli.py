@@ -406,4 +406,6 @@ def test_the_wheel_ships_the_templates(tmp_path: Path) -> None:
             for name in archive.namelist()
             if name.startswith("router/builtin_templates/")
         }
-    assert shipped == {path.name for path in (ROOT / "templates").glob("*.j2")}
+    templates = ROOT / "templates"
+    assert shipped == {str(path.relative_to(templates)) for path in templates.rglob("*.j2")}
+    assert "events/grade_change.j2" in shipped and "layouts/event.j2" in shipped
