@@ -6,6 +6,7 @@ Canvas host."""
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,7 +14,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from router.canvas_events import CANVAS_EVENTS
+from router.config_source import ConfigErrors
 from router.plugins import load_plugins
+from router.rules import load_rules
 from router.templates import Rendered, Templates, builtin_templates, template_context
 from router.testing import Delivery, run_router
 from tests.conftest import ROOT, all_examples
@@ -233,3 +236,62 @@ def test_a_failing_event_template_is_named_with_its_line(tmp_path: Path) -> None
     templates = Templates(directory, {})
     with pytest.raises(Exception, match=r"template events/grade_change.j2 line 4: UndefinedError"):
         render(templates, EXAMPLES["grade_change"], "webhook")
+
+
+# --- docs/canvas-events.md ---------------------------------------------------------------
+
+GUIDE = ROOT / "docs" / "canvas-events.md"
+TABLE_ROW = re.compile(r"^\| `([^`]+)` \| (.*) \| (.*) \|$", re.M)
+
+
+def table_rows(templates: Templates) -> list[tuple[str, str, str]]:
+    """(event, title of Canvas' first example, the link's path) per documented event."""
+    rows = []
+    for stem, event in sorted(EXAMPLES.items()):
+        if "." in stem and not stem.startswith("outcomes."):
+            continue  # one row per event type
+        rendered = render(templates, event, "webhook")
+        link = urlsplit(rendered.blocks["link"])
+        path = link.path + (f"#{link.fragment}" if link.fragment else "")
+        name = DOC_NAMES.get(stem, stem)
+        rows.append((name, rendered.title.replace("|", "\\|"), f"`{path}`" if path else "—"))
+    return rows
+
+
+def test_the_guide_lists_every_event_with_its_example_message(templates: Templates) -> None:
+    table = GUIDE.read_text().split("\n## The event types\n", 1)[1]
+    documented = [(name, title, link) for name, title, link in TABLE_ROW.findall(table)]
+    assert documented == table_rows(templates)
+
+
+def test_the_guides_rules_and_templates_work(tmp_path: Path) -> None:
+    blocks = re.findall(r"^```(\w+)\n(.*?)^```", GUIDE.read_text(), re.S | re.M)
+    rules = [code for language, code in blocks if language == "yaml"]
+    jinja = [code for language, code in blocks if language == "jinja"]
+    assert rules and jinja
+    channel_types = load_plugins().channel_types
+    for code in rules:
+        path = tmp_path / "rules.yaml"
+        path.write_text(code)
+        load_rules(path, channel_types, templates=Templates(builtin_templates(), {}))
+    misspelt = rules[0].replace(
+        "display_time_zone: America/Chicago", "display_time_zone: America/Chicgo"
+    )
+    (tmp_path / "rules.yaml").write_text(misspelt)
+    with pytest.raises(ConfigErrors) as caught:
+        load_rules(tmp_path / "rules.yaml", channel_types)
+    [error] = caught.value.errors
+    shown = str(error).replace(str(tmp_path) + "/", "")
+    assert f"`{shown}`" in GUIDE.read_text()
+    directory = tmp_path / "templates"
+    shutil.copytree(builtin_templates(), directory)
+    for code in jinja:
+        name = code.splitlines()[0].removeprefix("{#- ").split(":")[0].strip()
+        (directory / name).write_text(code)
+        copy = Templates(directory, {})
+        assert copy.check(name) is None, name
+    teams = Templates(directory, {})
+    rendered = render(teams, EXAMPLES["grade_change"], "teams")
+    assert rendered.template == "default.teams.j2"
+    assert rendered.title == "Grade changed: 4 → 5 for user 48"
+    assert json.loads(rendered.blocks["card"])["actions"][0]["url"] == rendered.blocks["link"]
