@@ -42,7 +42,7 @@ async def test_array_and_ndjson_batches(service: ServiceFactory, store_db: Store
     resp = await client.post("/events", json=events)
     assert resp.status == 202
     ids = [a["id"] for a in (await resp.json())["accepted"]]
-    assert len(set(ids)) == len(events) == 7
+    assert len(set(ids)) == len(events) > 80
 
     ndjson = b"\n".join(
         orjson.dumps({**e, "body": {**e["body"], "n": i}}) for i, e in enumerate(events)
@@ -51,8 +51,8 @@ async def test_array_and_ndjson_batches(service: ServiceFactory, store_db: Store
         "/events", data=ndjson + b"\n\n", headers={"Content-Type": "application/x-ndjson"}
     )
     assert resp.status == 202
-    assert len((await resp.json())["accepted"]) == 7
-    assert len(stored_events(store_db)) == 14
+    assert len((await resp.json())["accepted"]) == len(events)
+    assert len(stored_events(store_db)) == 2 * len(events)
 
 
 async def test_unknown_events_and_fields_pass_through(service: ServiceFactory) -> None:
