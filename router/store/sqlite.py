@@ -155,6 +155,15 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # The duplicate check moved into memory (RecentIds): this index only cost inserts.
     "DROP INDEX events_by_id",
     _state_checks_as_comparisons,
+    # A claimed digest group is sealed: an event routed while its message is being
+    # rendered opens a new group instead of joining one sent without it (as on
+    # PostgreSQL). A column, not a new state: SQLite cannot change a CHECK in place.
+    """
+    ALTER TABLE digests ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX digests_open;
+    CREATE UNIQUE INDEX digests_open ON digests (rule, group_key)
+        WHERE state = 'open' AND sealed = 0
+    """,
 ]
 
 _STATE_INDEX = {
@@ -438,6 +447,10 @@ class SqliteStore:
                 ).fetchall()
                 due.append(DueDigest(digest_id, rule, group, [InboxEvent(*e) for e in events]))
                 leased[digest_id] = now + lease
+            conn.executemany(
+                "UPDATE digests SET sealed = 1 WHERE id = ? AND sealed = 0",
+                [(digest.id,) for digest in due],
+            )
             return due
 
         return await self._call(op)
@@ -715,9 +728,9 @@ class SqliteStore:
             _delete(conn, "DELETE FROM digest_events WHERE digest_id IN", digests)
             _delete(conn, "DELETE FROM digests WHERE id IN", digests)
 
-            events = []
-            cursor = conn.execute("SELECT seq, state, received_at FROM events ORDER BY seq")
-            for seq, state, received_at in cursor:
+            events, ids = [], set()
+            cursor = conn.execute("SELECT seq, id, state, received_at FROM events ORDER BY seq")
+            for seq, event_id, state, received_at in cursor:
                 if received_at >= before or len(events) >= limit:
                     break
                 # (Only an old, routed event is looked up for references.)
@@ -725,9 +738,13 @@ class SqliteStore:
                     state, received_at, state != "pending" and _referenced(conn, seq), before
                 ):
                     events.append(seq)
+                    ids.add(event_id)
             cursor.close()
             _delete(conn, "DELETE FROM event_payloads WHERE seq IN", events)
             _delete(conn, "DELETE FROM events WHERE seq IN", events)
+            if self._recent_ids is not None:  # their ids leave the duplicate check too
+                for event_id in ids:
+                    self._recent_ids.forget(event_id, before)
 
             throttles = _first(
                 conn.execute("SELECT rowid, until FROM throttles WHERE until < ?", (before,)),
@@ -846,7 +863,7 @@ def _join_digests(
     for (rule, group_key), joining in policies.digest_joins(entries).items():
         row = conn.execute(
             "SELECT id, size, due_at FROM digests"
-            " WHERE rule = ? AND group_key = ? AND state = 'open'",
+            " WHERE rule = ? AND group_key = ? AND state = 'open' AND sealed = 0",
             (rule, group_key),
         ).fetchone()
         current = None if row is None else policies.DigestGroup(size=row[1], due_at=row[2])
