@@ -49,7 +49,12 @@ __all__ = ["build_router", "create_app"]
 def build_router(settings: Settings, plugins: Plugins) -> Router:
     """Load templates and rules (raises ``ConfigErrors`` listing every problem)."""
     templates = Templates(settings.templates, plugins.filters)
-    rules = load_rules(settings.rules, plugins.channel_types, templates=templates)
+    rules = load_rules(
+        settings.rules,
+        plugins.channel_types,
+        templates=templates,
+        max_attempts=settings.max_attempts,
+    )
     return Router(rules, templates)
 
 

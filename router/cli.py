@@ -47,7 +47,12 @@ def _print_plugin_problems(plugins: Plugins) -> None:
 
 def _print_rule_warnings(rules: RuleSet) -> None:
     for warning in rules.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(f"warning: {_one_line(str(warning))}", err=True)
+
+
+def _one_line(message: str) -> str:
+    """A message on one line: one problem per line, whatever a library's text holds."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _env(name: str) -> str:
@@ -127,7 +132,9 @@ def serve(**options: Any) -> None:
         app = create_app(settings, plugins=plugins)
     except ConfigErrors as exc:
         for error in exc.errors:
-            click.echo(str(error), err=True)
+            click.echo(_one_line(str(error)), err=True)
+        for warning in exc.warnings:
+            click.echo(f"warning: {_one_line(str(warning))}", err=True)
         click.echo(f"{len(exc.errors)} error(s) in {settings.rules}; not starting.", err=True)
         sys.exit(1)
     for warning in app[LIVE].router.rules.warnings:
@@ -271,8 +278,15 @@ def validate(
         router = build_router(settings, plugins)
     except ConfigErrors as exc:
         for error in exc.errors:
-            click.echo(str(error))
-        click.echo(f"{len(exc.errors)} error(s)", err=True)
+            click.echo(_one_line(str(error)))
+        for warning in exc.warnings:
+            click.echo(f"warning: {_one_line(str(warning))}", err=True)
+        warned = len(exc.warnings) + len(plugins.problems)
+        # Whatever the streams are joined to, the count comes after the last error,
+        # on a line of its own.
+        sys.stdout.flush()
+        summary = f"{len(exc.errors)} error(s)" + (f", {warned} warning(s)" if warned else "")
+        click.echo(summary, err=True)
         sys.exit(1)
     rules = router.rules
     _print_rule_warnings(rules)

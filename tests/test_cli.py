@@ -132,6 +132,93 @@ def test_validate_warns_of_an_event_name_one_slip_from_a_canvas_event(tmp_path: 
     assert dry.stderr == result.stderr
 
 
+def test_validate_shows_every_error_and_warning_in_one_run(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            surprise: 1
+            channels:
+              hook: {type: webhook, timeout: -1}
+            rules:
+              - name: done
+                events: [course_complted]
+                notify: [hook]
+                if: "body.x = 1"
+              - {name: other, events: [course_created], notify: [hook], template: nosuch}
+            """
+        )
+    )
+    (tmp_path / "templates").mkdir()
+    args = ["validate", str(rules), "--templates", str(tmp_path / "templates")]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 1
+    # A top-level error and a broken channel hide neither the rules' checks (each
+    # rule uses the broken channel) nor the warnings.
+    assert result.stdout.splitlines() == [
+        f"{rules}:2:1: surprise: unknown key 'surprise'",
+        f"{rules}:4:34: channels.hook.timeout: Input should be greater than 0",
+        f"{rules}:9:9: rules[0].if: invalid expression: chunk after expression",
+        f"{rules}:10:71: rules[1].template: template 'nosuch' not found for channel 'hook'"
+        f" (looked for nosuch.webhook.j2, nosuch.j2 in {tmp_path / 'templates'})",
+    ]
+    assert result.stderr.splitlines() == [
+        f"warning: {rules}:7:14: rules[0].events[0]: 'course_complted' is not a Canvas"
+        " event (did you mean 'course_completed'?); the rule fires only for events named"
+        " exactly so",
+        "4 error(s), 1 warning(s)",
+    ]
+    # Both streams into one pipe, as in a terminal or a CI log: the count comes after
+    # the last error, on a line of its own.
+    joined = subprocess.run(
+        [sys.executable, "-m", "router.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+    )
+    assert joined.returncode == 1
+    lines = joined.stdout.splitlines()
+    assert lines[-1] == "4 error(s), 1 warning(s)"
+    assert lines[:-1] == result.stdout.splitlines() + result.stderr.splitlines()[:-1]
+
+
+def test_validate_warns_when_deliveries_would_die_before_the_breaker_holds_them(
+    tmp_path: Path,
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            channels:
+              few: {type: webhook, max_attempts: 3}
+              tight: {type: webhook, max_attempts: 3, circuit_breaker: 3}
+              never: {type: webhook, max_attempts: 1, circuit_breaker: 0}
+              late: {type: webhook, circuit_breaker: 12}
+            rules:
+              - {name: a, events: [course_created], notify: [few, tight, never, late]}
+            """
+        )
+    )
+    result = CliRunner().invoke(
+        cli, ["validate", str(rules)], env={"ROUTER_MAX_ATTEMPTS": "10"}, catch_exceptions=False
+    )
+    assert result.exit_code == 0  # a warning
+    assert result.stderr.splitlines() == [
+        f"warning: {rules}:3:38: channels.few.max_attempts: max_attempts 3 is below"
+        " circuit_breaker 5: deliveries are dead-lettered before the circuit breaker can hold"
+        " them; raise max_attempts to at least 5 or lower circuit_breaker",
+        f"warning: {rules}:6:42: channels.late.circuit_breaker: max_attempts 10 (the"
+        " service's ROUTER_MAX_ATTEMPTS) is below circuit_breaker 12: deliveries are"
+        " dead-lettered before the circuit breaker can hold them; raise max_attempts to at"
+        " least 12 or lower circuit_breaker",
+    ]
+    strict = CliRunner().invoke(cli, ["validate", "--strict", str(rules)])
+    assert strict.exit_code == 1
+
+
 def test_the_example_rules_file_has_no_warnings() -> None:
     result = CliRunner().invoke(
         cli,
