@@ -43,6 +43,7 @@ from router.ratelimit import parse_rate
 from router.templates import SUFFIX, Templates
 
 __all__ = [
+    "UNKNOWN_CHANNEL_TYPE",
     "ChannelDef",
     "ChannelOptions",
     "Digest",
@@ -54,6 +55,11 @@ __all__ = [
     "load_rules",
     "parse_duration",
 ]
+
+
+#: How an error about a channel type no plugin registers starts (a reload adds that
+#: plugins load at start only).
+UNKNOWN_CHANNEL_TYPE = "unknown channel type"
 
 
 def _rate_or_none(value: Any) -> float | None:
@@ -349,7 +355,7 @@ def _check_channels(
         if ctype is None:
             known = sorted(channel_types)
             hint = _suggest(kind, known) if isinstance(kind, str) else ""
-            message = f"unknown channel type {kind!r}{hint}" if kind else "missing key 'type'"
+            message = f"{UNKNOWN_CHANNEL_TYPE} {kind!r}{hint}" if kind else "missing key 'type'"
             errors.append(
                 source.error(
                     (*loc, "type") if kind else loc,
