@@ -2,6 +2,7 @@
 The contract every store keeps is tested on both backends in test_store.py."""
 
 import asyncio
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -125,7 +126,9 @@ async def test_state_checks_cost_no_temporary_btree(store: SqliteStore, tmp_path
         assert_state_checks_are_cheap_and_hold(conn)
 
 
-async def test_a_store_from_before_the_state_check_rewrite_is_migrated(tmp_path: Path) -> None:
+async def test_a_store_from_before_the_state_check_rewrite_is_migrated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path, isolation_level=None) as conn:  # schema version 4
         for script in MIGRATIONS[:4]:
@@ -143,7 +146,11 @@ async def test_a_store_from_before_the_state_check_rewrite_is_migrated(tmp_path:
             " ('k', 1, 'r', 'c', x'7b7d', 'dead', 1, 1, 1, 'HTTP 500')"
         )
     store = open_store(str(path))
-    await store.open()
+    with caplog.at_level(logging.INFO, logger="router.store"):
+        await store.open()
+    assert [(r.getMessage(), r.from_schema_version, r.schema_version) for r in caplog.records] == [
+        ("store migrated", 4, len(MIGRATIONS))
+    ]
     try:
         [dead] = await store.list_deliveries(state="dead")
         assert (dead.event_id, dead.last_error) == ("old", "HTTP 500")

@@ -4,6 +4,7 @@ backend has is tested beside it: test_sqlite_store.py (WAL, group commit, migrat
 in-memory leases) and test_postgres_store.py (leases in rows between replicas, NOTIFY)."""
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -39,6 +40,22 @@ def at(when: float) -> object:
 
 def routed(event: InboxEvent, *deliveries: NewDelivery, **kwargs: object) -> RoutedEvent:
     return RoutedEvent(event, list(deliveries), **kwargs)  # type: ignore[arg-type]
+
+
+# -- schema ---------------------------------------------------------------------------
+
+
+async def test_a_new_store_logs_one_line_and_reopening_none(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="router.store")
+    for _ in range(2):
+        store = open_store(db_url)
+        await store.open()
+        await store.close()
+    said = [r for r in caplog.records if r.name.startswith("router.store")]
+    assert [r.getMessage() for r in said] == ["store created"]
+    assert said[0].schema_version >= 1  # type: ignore[attr-defined]
 
 
 # -- events ---------------------------------------------------------------------------

@@ -77,6 +77,7 @@ from router.store.base import (
     Pruned,
     RoutedEvent,
     StoreCounts,
+    log_schema_change,
 )
 
 log = logging.getLogger(__name__)
@@ -446,7 +447,7 @@ class PostgresStore:
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 await conn.execute(script)
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
-                log.info("store migrated", extra={"store": schema, "schema_version": number})
+        log_schema_change(log, schema, version, len(MIGRATIONS))
         return f"router:{schema}"[:63]
 
     async def _release_own_leases(self) -> None:

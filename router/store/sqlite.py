@@ -36,6 +36,7 @@ from router.store.base import (
     RoutedEvent,
     StoreCounts,
     StoreOpenError,
+    log_schema_change,
 )
 from router.store.recent_ids import RecentIds
 
@@ -265,7 +266,7 @@ class SqliteStore:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version={number}")
             conn.execute("COMMIT")
-            log.info("store migrated", extra={"store": self.path, "schema_version": number})
+        log_schema_change(log, self.path, version, len(MIGRATIONS))
         return conn
 
     def _run(self, ready: asyncio.Future[None]) -> None:
