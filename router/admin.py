@@ -215,6 +215,14 @@ class Selector:
 # -- presentation --------------------------------------------------------------------
 
 
+def empty_dlq(total: int) -> str:
+    """What an empty dead-letter listing says: the queue is empty, or the filters
+    matched none of the ``total`` dead letters it holds."""
+    if total == 0:
+        return "no dead letters: the dead-letter queue is empty"
+    return f"no dead letters match; the queue holds {total}"
+
+
 def record_dict(record: DeliveryRecord, redact: Redactor) -> dict[str, Any]:
     """A delivery as JSON, its error redacted."""
     return {
@@ -299,6 +307,8 @@ async def get_dlq(request: web.Request) -> web.Response:
     except BadQuery as exc:
         return _bad(exc)
     total = (await request.app[STORE].counts()).dead
+    if not dead:  # said in words too, for whoever reads the answer
+        return _json({"total": total, "dead_letters": dead, "message": empty_dlq(total)})
     return _json({"total": total, "dead_letters": dead})
 
 
