@@ -209,7 +209,9 @@ class SqliteStore:
     """The default store: a SQLite file. One process owns the file at a time.
 
     Because of that, leases live in memory (touched only by the writer thread): a
-    claim is a read, not a write, and a crash releases every lease by itself.
+    claim is a read, not a write, and a crash releases every lease by itself. (A
+    claimed digest group is also sealed in its row, so that events routed meanwhile
+    open a new group; a crash leaves it sealed and due, and it is claimed again.)
     """
 
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
