@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from router.store import open_store
+from router.store import DigestEntry, RoutedEvent, open_store
 from router.store.sqlite import MIGRATIONS, SqliteStore, _state_checks_as_comparisons
 
 
@@ -191,3 +191,26 @@ def test_a_build_that_forbids_editing_the_schema_keeps_the_old_checks(tmp_path: 
         assert conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == before
         assert conn.execute("PRAGMA writable_schema").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+
+
+async def test_a_sealed_digest_group_is_claimed_again_after_a_crash(tmp_path: Path) -> None:
+    path, now = str(tmp_path / "s.db"), time.time()
+    first = open_store(path)
+    await first.open()
+    await first.accept_events([("a", "e", b"{}"), ("b", "e", b"{}")], dedupe_window=60, now=now)
+    a, b = await first.claim_events(2, lease=30, now=now)
+    entry = DigestEntry("daily", "{}", now, 10)
+    await first.record_routing([RoutedEvent(a, [], [entry])], now=now)
+    [due] = await first.claim_due_digests(10, lease=3600, now=now)  # sealed
+    await first.record_routing([RoutedEvent(b, [], [entry])], now=now)  # a new group
+    await first.close()  # as if the process died while rendering the digest
+    second = open_store(path)
+    await second.open()
+    try:
+        groups = await second.claim_due_digests(10, lease=30, now=now + 1)
+        assert [(g.id, [e.id for e in g.events]) for g in groups] == [
+            (due.id, ["a"]),
+            (due.id + 1, ["b"]),
+        ]
+    finally:
+        await second.close()
