@@ -62,7 +62,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from router.store import policies
+import router.store.policies as policies
 from router.store.base import (
     Accepted,
     DeliveryDetail,

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-from router.store import policies
+import router.store.policies as policies
 from router.store.base import (
     Accepted,
     DeliveryDetail,
