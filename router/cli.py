@@ -277,16 +277,14 @@ def validate(
     try:
         router = build_router(settings, plugins)
     except ConfigErrors as exc:
+        # The report is one stream, as a linter's: every error, the warnings, then the
+        # count on a line of its own, in that order however the output is captured.
         for error in exc.errors:
             click.echo(_one_line(str(error)))
         for warning in exc.warnings:
-            click.echo(f"warning: {_one_line(str(warning))}", err=True)
+            click.echo(f"warning: {_one_line(str(warning))}")
         warned = len(exc.warnings) + len(plugins.problems)
-        # Whatever the streams are joined to, the count comes after the last error,
-        # on a line of its own.
-        sys.stdout.flush()
-        summary = f"{len(exc.errors)} error(s)" + (f", {warned} warning(s)" if warned else "")
-        click.echo(summary, err=True)
+        click.echo(f"{len(exc.errors)} error(s)" + (f", {warned} warning(s)" if warned else ""))
         sys.exit(1)
     rules = router.rules
     _print_rule_warnings(rules)

@@ -402,6 +402,8 @@ def _check_rules(
     env = templates.env if templates is not None else _plain_sandbox()
     for index, entry in enumerate(raw):
         loc = ("rules", index)
+        if not isinstance(entry, dict):
+            continue  # not a mapping: the top level's check reported it
         try:
             spec = RuleSpec.model_validate(entry)
         except ValidationError as exc:
@@ -567,9 +569,8 @@ def _readable_parts(data: dict[str, Any]) -> RulesFile:
             for name, entry in (channels.items() if isinstance(channels, dict) else ())
             if isinstance(name, str) and isinstance(entry, dict)
         },
-        rules=[entry for entry in rules if isinstance(entry, dict)]
-        if isinstance(rules, list)
-        else [],
+        # Kept whole, so that each rule keeps its index (_check_rules skips the rest).
+        rules=rules if isinstance(rules, list) else [],
     )
 
 
