@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from router.store import InboxEvent, NewDelivery, RoutedEvent, open_store
+from router.store import DigestEntry, InboxEvent, NewDelivery, RoutedEvent, open_store
 from router.store.postgres import MIGRATIONS, PostgresStore, parse_url
 from router.store.sqlite import SqliteStore
 from tests.conftest import PG_DSN, fresh_pg_schema, pg_url
@@ -249,3 +249,24 @@ async def test_subscribers_hear_other_replicas_work_not_their_own(
         assert heard.empty()
     finally:
         await other.close()
+
+
+async def test_replicas_joining_one_digest_group_at_once_lose_no_event(pg_schema: str) -> None:
+    now = time.time()
+    stores = [PostgresStore(store_url(pg_schema)) for _ in range(2)]
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        await accept(stores[0], *(f"e{i}" for i in range(40)), now=now)
+        entry = DigestEntry("daily", "{}", now + 60, 1000)
+
+        async def route(store: PostgresStore) -> None:
+            while events := await store.claim_events(3, lease=30, now=now):
+                await store.record_routing([routed(e, digests=[entry]) for e in events], now=now)
+
+        await asyncio.gather(*(route(store) for store in stores))
+        [group] = await stores[0].claim_due_digests(10, lease=30, now=now + 60)
+        assert sorted(e.id for e in group.events) == sorted(f"e{i}" for i in range(40))
+        [size] = await fetch(pg_schema, "SELECT size FROM digests WHERE id = $1", group.id)
+        assert size["size"] == 40
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
