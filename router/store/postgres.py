@@ -16,8 +16,10 @@ from owning its file, this store gets from the database:
   a concurrent accept of the same id wait for the first one's transaction, then see
   its row: exactly one of them returns the id (pending), the other is a duplicate.
 * **Throttles** are locked (inserted if missing) in key order at the start of
-  routing a batch, then decided in that transaction; **digest groups** are joined
-  with ``INSERT ... ON CONFLICT (rule, group_key) WHERE state = 'open'``. A claimed
+  routing a batch, then decided in that transaction by ``router.store.policies``;
+  **digest groups** are locked (opened if missing) with ``INSERT ... ON CONFLICT
+  (rule, group_key) WHERE state = 'open'``, then the policy decides their size and
+  due time and they are written in the same transaction. A claimed
   digest is sealed (``state = 'flushing'``) so that an event routed meanwhile by
   another replica opens a new group instead of joining one whose message is being
   rendered without it.
