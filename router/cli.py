@@ -325,7 +325,9 @@ def test_rules(
         reports = dry_run(router, list(events))
     except ConfigErrors as exc:
         for error in exc.errors:
-            click.echo(str(error), err=True)
+            click.echo(_one_line(str(error)), err=True)
+        for warning in exc.warnings:
+            click.echo(f"warning: {_one_line(str(warning))}", err=True)
         sys.exit(1)
     except DryRunError as exc:
         click.echo(f"error: {exc}", err=True)
