@@ -85,6 +85,13 @@ async def test_every_example_event_reaches_every_chat_service(
         message = orjson.loads(row["message"])
         link = message.get("blocks", {}).get("link") or None
         links.setdefault(message.get("title"), set()).add(link)
+    linked = [
+        row
+        for row in rows
+        if row["channel"] == "teams" and orjson.loads(row["message"]).get("blocks", {}).get("link")
+    ]
+    buttons = [run for run in teams.runs if run.body["attachments"][0]["content"].get("actions")]
+    assert len(buttons) == len(linked) > 0  # the shipped templates link most events to Canvas
     titles = {run.body["attachments"][0]["content"]["body"][0]["text"] for run in teams.runs}
     assert titles == set(links)
     for run in teams.runs:
