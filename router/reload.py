@@ -102,15 +102,18 @@ async def _retire(runtimes: dict[str, ChannelRuntime]) -> None:
     await close_channels(runtimes)
 
 
-def _fingerprint(rules: Path, templates: Path) -> tuple[tuple[str, float, int], ...]:
+def _fingerprint(rules: Path, templates: Path) -> tuple[tuple[str, float, int, int], ...]:
     paths = [rules, *sorted(templates.rglob("*"))] if templates.is_dir() else [rules]
     found = []
     for path in paths:
         try:
-            stat = path.stat()
+            stat = path.stat()  # through symlinks: the file a path names now
         except OSError:
             continue
-        found.append((str(path), stat.st_mtime, stat.st_size))
+        # The inode too: a Kubernetes ConfigMap volume updates by pointing a symlink
+        # at a new directory, and a copy that keeps mtimes (cp -p, rsync -a) can leave
+        # size and mtime as they were.
+        found.append((str(path), stat.st_mtime, stat.st_size, stat.st_ino))
     return tuple(found)
 
 
