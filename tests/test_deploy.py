@@ -131,7 +131,10 @@ def check_router_pod(workload: dict[str, Any], secrets: dict[str, set[str]], rul
     [port] = container["ports"]
     assert port["containerPort"] == int(env["ROUTER_PORT"])
     assert f"{port['containerPort']}/tcp" in image["EXPOSE"] + "/tcp"
-    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+    probes = [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]
+    if "startupProbe" in container:  # the app waits for it: router must be ready
+        probes.append(("startupProbe", "/readyz"))
+    for probe, path in probes:
         get = container[probe]["httpGet"]
         assert get["path"] == path and path in documented_paths()
         assert get["port"] in (port.get("name"), port["containerPort"])
@@ -168,6 +171,8 @@ def check_router_pod(workload: dict[str, Any], secrets: dict[str, set[str]], rul
         ), "the password belongs in PGPASSWORD"
         [pod_name] = [e for e in container["env"] if e["name"] == "POD_NAME"]
         assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        # $(VAR) expands only variables defined before it.
+        assert names.index("POD_NAME") < names.index("ROUTER_DB")
         assert workload["kind"] == "StatefulSet"
     else:
         data = mounts[str(Path(env["ROUTER_DB"]).parent)]
@@ -195,6 +200,7 @@ def test_the_sidecar_is_native() -> None:
     pod = deployment["spec"]["template"]["spec"]
     [router] = pod["initContainers"]
     assert router["name"] == "router" and router["restartPolicy"] == "Always"
+    assert router["startupProbe"]["httpGet"]["path"] == "/readyz"
     assert [c["name"] for c in pod["containers"]] == ["app"]
     [app] = pod["containers"]
     port = router["ports"][0]["containerPort"]
