@@ -5,6 +5,7 @@ the ConfigMap pass ``router validate --strict``."""
 
 import re
 import shlex
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,13 @@ def test_every_router_workload_matches_router_serve() -> None:
     assert len(workloads(docs)) == 2
     for workload in workloads(docs):
         check_router_pod(workload, secrets_of(docs), rules_configmap())
+
+
+def test_the_image_labels_the_package_version_by_default() -> None:
+    text = (ROOT / "Containerfile").read_text()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert f"\nARG VERSION={project['version']}\n" in text
+    assert f'org.opencontainers.image.licenses="{project["license"]}"' in text
 
 
 def test_the_sidecar_is_native() -> None:
