@@ -212,7 +212,12 @@ class Router:
 def build_router(settings: Settings, plugins: Plugins) -> Router:
     """Load templates and rules (raises ``ConfigErrors`` listing every problem)."""
     templates = Templates(settings.templates, plugins.filters)
-    rules = load_rules(settings.rules, plugins.channel_types, templates=templates)
+    rules = load_rules(
+        settings.rules,
+        plugins.channel_types,
+        templates=templates,
+        max_attempts=settings.max_attempts,
+    )
     return Router(rules, templates)
 
 

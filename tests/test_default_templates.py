@@ -105,6 +105,22 @@ def test_every_example_event_renders_for_every_channel_type(
         assert "json" not in rendered.blocks  # the webhook keeps its standard body
 
 
+@pytest.mark.parametrize("channel_type", ["webhook", "email"])  # Slack builds its own blocks
+def test_an_event_without_a_template_of_its_own_renders_as_the_others_do(
+    templates: Templates, channel_type: str
+) -> None:
+    event = copy.deepcopy(EXAMPLES["course_created"])
+    event["metadata"]["event_name"] = f"grade_change{SCRIPT}"
+    name = templates.resolve(None, event["metadata"]["event_name"], channel_type)
+    assert name.startswith("default.")
+    rendered = render(templates, event, channel_type)
+    check(rendered, channel_type)  # email: multipart, text and HTML, as the others
+    assert rendered.text.startswith(f"Canvas event grade_change{SCRIPT} at ")
+    if channel_type == "email":
+        assert "<script" not in rendered.blocks["html"]
+        assert "grade_change&lt;script&gt;" in rendered.blocks["html"]
+
+
 def names_in(event: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     """The (dict, key) places of the names a template shows: for the course events
     their names, for the others every text field of the body."""

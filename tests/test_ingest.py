@@ -333,6 +333,32 @@ async def test_jwt_without_jwks_configured_is_401(service: ServiceFactory, rsa_k
     assert "ROUTER_JWKS_URL" in (await resp.json())["error"]
 
 
+async def test_json_sent_as_plain_text_is_json_and_a_plain_text_jwt_stays_a_jwt(
+    service: ServiceFactory, jwks_url: str, rsa_key: rsa.RSAPrivateKey, store_db: StoreDB
+) -> None:
+    client = await service(LOG_ONLY, jwks_url=jwks_url)
+    plain = {"Content-Type": "text/plain; charset=utf-8"}
+    event = example("course_created")
+    resp = await client.post("/events", data=orjson.dumps(event), headers=plain)
+    assert resp.status == 202, await resp.text()
+    batch = b"  \n" + orjson.dumps([example("course_updated"), example("course_completed")])
+    resp = await client.post("/events", data=batch, headers=plain)
+    assert resp.status == 202, await resp.text()
+    token = jwt.encode(
+        example("syllabus_updated"), rsa_key, algorithm="RS256", headers={"kid": "canvas-1"}
+    )
+    resp = await client.post("/events", data=token, headers=plain)
+    assert resp.status == 202, await resp.text()
+    names = [name for _, name, _ in stored_events(store_db)]
+    assert names == ["course_created", "course_updated", "course_completed", "syllabus_updated"]
+    # Neither JSON nor a token: the token check answers, as for any bad token.
+    resp = await client.post("/events", data=b"hello", headers=plain)
+    assert resp.status == 401
+    # Broken JSON sent as plain text gets the JSON parser's answer.
+    resp = await client.post("/events", data=b'{"metadata": ', headers=plain)
+    assert resp.status == 400
+
+
 async def test_health_and_readiness(service: ServiceFactory) -> None:
     client = await service(LOG_ONLY)
     assert (await client.get("/healthz")).status == 200
