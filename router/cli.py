@@ -3,6 +3,7 @@
 import logging
 import re
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from aiohttp import web
 from router import __version__
 from router.cli_ops import deliveries, dlq
 from router.cli_settings import settings_from_options
+from router.cli_silence import silence
 from router.config_source import ConfigErrors
 from router.dryrun import DryRunError, EventReport, dry_run
 from router.http.app import create_app
@@ -335,6 +337,12 @@ def _print_report(report: EventReport, explain: bool) -> None:
         if "error" in message:
             click.echo(f"      error: {message['error']}")
             continue
+        muted = message.get("muted")
+        if muted and muted["during_mute"] == "hold":
+            until = datetime.fromtimestamp(muted["until"], UTC).isoformat(timespec="minutes")
+            click.echo(f"      muted at the event's time: held until {until} (quiet hours)")
+        elif muted:
+            click.echo("      muted at the event's time: dropped (quiet hours, during_mute: drop)")
         if is_raw_event(message):
             click.echo("      sends the raw event (no template)")
             continue
@@ -371,6 +379,7 @@ def plugins(plugins_dir: Path | None) -> None:
 
 cli.add_command(deliveries)
 cli.add_command(dlq)
+cli.add_command(silence)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import orjson
 
 from router.cli_settings import settings_from_options
 from router.delivery_queries import (
+    REPLAYABLE,
     STATES,
     BadQuery,
     Selector,
@@ -264,13 +265,16 @@ def dlq_show(delivery_id: int, db: str | None, as_json: bool) -> None:
     click.echo(orjson.dumps(event, option=orjson.OPT_INDENT_2).decode())
 
 
-def _selector(ids: tuple[int, ...], everything: bool, **filters: str | None) -> Selector:
+def _selector(
+    ids: tuple[int, ...], everything: bool, state: str = "dead", **filters: str | None
+) -> Selector:
     selector = Selector(
         list(ids) or None,
         all=everything,
         channel=filters["channel"],
         rule=filters["rule"],
         since=_since(filters["since"]),
+        state=state,
     )
     if selector.empty:
         raise click.UsageError("say which dead letters: IDs, --all, or --channel/--rule/--since")
@@ -288,6 +292,13 @@ def _selection_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 @dlq.command("replay")
 @_selection_options
+@click.option(
+    "--state",
+    type=click.Choice(REPLAYABLE),
+    default="dead",
+    show_default=True,
+    help="Replay silenced or muted deliveries instead of dead letters.",
+)
 @_db_option
 @_json_option
 def dlq_replay(
@@ -296,16 +307,24 @@ def dlq_replay(
     channel: str | None,
     rule: str | None,
     since: str | None,
+    state: str,
     db: str | None,
     as_json: bool,
 ) -> None:
-    """Put dead letters back in the queue; they keep their idempotency keys."""
-    selector = _selector(ids, everything, channel=channel, rule=rule, since=since)
-    count = _with_store(db, lambda store: store.replay(now=time.time(), **selector.store_args()))
+    """Put dead letters (or silenced or muted deliveries) back in the queue; they keep
+    their idempotency keys."""
+    selector = _selector(ids, everything, state, channel=channel, rule=rule, since=since)
+    count = _with_store(
+        db,
+        lambda store: store.replay(
+            now=time.time(),
+            state=selector.state,  # type: ignore[arg-type]
+            **selector.store_args(),
+        ),
+    )
+    what = "dead letter(s)" if state == "dead" else f"{state} deliveries"
     click.echo(
-        orjson.dumps({"replayed": count}).decode()
-        if as_json
-        else f"replayed {count} dead letter(s)"
+        orjson.dumps({"replayed": count}).decode() if as_json else f"replayed {count} {what}"
     )
 
 

@@ -639,7 +639,16 @@ def _readable_parts(data: dict[str, Any]) -> RulesFile:
     try:
         valid_defaults = Defaults.model_validate(defaults) if defaults else Defaults()
     except ValidationError:
-        valid_defaults = Defaults()
+        # Its named windows stay known (as placeholders: the file is rejected anyway),
+        # so that a bad window is reported once, not again at every use of its name.
+        windows = defaults.get("windows") if isinstance(defaults, dict) else None
+        valid_defaults = Defaults.model_construct(
+            windows={
+                name: MuteWindow.model_construct(days=["mon"], times=None, dates=[])
+                for name in (windows if isinstance(windows, dict) else ())
+                if isinstance(name, str)
+            }
+        )
     return RulesFile.model_construct(
         version=1,
         defaults=valid_defaults,
