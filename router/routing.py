@@ -381,8 +381,14 @@ class RoutingWorker:
         """Read the active silences from the store (made by the admin API, the CLI in
         another process, or another replica)."""
         self._silences_checked = time.monotonic()
+        try:
+            stored = await self.store.list_silences(active_at=self.clock())
+        except Exception:
+            # Routing goes on with the silences it knew; the next look tries again.
+            log.exception("reading silences failed; keeping the last ones read")
+            return
         found = []
-        for silence in await self.store.list_silences(active_at=self.clock()):
+        for silence in stored:
             try:
                 found.append((silence, compile_matchers(silence.matchers)))
             except ValueError as exc:
