@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from router import __version__
-from router.cli_ops import deliveries, dlq, table, with_store
+from router.cli_ops import _with_store, deliveries, dlq, table
 from router.cli_settings import settings_from_options
 from router.cli_silence import silence
 from router.config_source import ConfigErrors
@@ -376,7 +376,7 @@ def _test_on_history(
         start = parse_since(since, now=time.time())
     except BadQuery as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
-    events, truncated = with_store(db, lambda store: read_history(store, since=start))
+    events, truncated = _with_store(db, lambda store: read_history(store, since=start))
     result = preview(router, events, since=start, show=show)
     result.truncated = truncated
     before = preview(in_force, events, since=start) if in_force is not None else None

@@ -34,14 +34,14 @@ from router.redact import Redactor
 from router.routing import build_router
 from router.store import DeliveryRecord, Store, open_store
 
-__all__ = ["db_option", "deliveries", "dlq", "json_option", "table", "when", "with_store"]
+__all__ = ["deliveries", "dlq"]
 
 T = TypeVar("T")
 
 ERROR_WIDTH = 70
 
 
-def with_store(db: str | None, action: Callable[[Store], Awaitable[T]]) -> T:
+def _with_store(db: str | None, action: Callable[[Store], Awaitable[T]]) -> T:
     """Open the store, run ``action`` on it, close it."""
     settings = settings_from_options(db=db)
     path = settings.db.removeprefix("sqlite:///").removeprefix("sqlite://")
@@ -93,7 +93,7 @@ def _since(value: str | None) -> float | None:
         raise click.BadParameter(str(exc), param_hint="--since") from None
 
 
-def when(value: float) -> str:
+def _when(value: float) -> str:
     return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -131,7 +131,7 @@ def _print_records(records: list[DeliveryRecord], redact: Redactor, *, as_json: 
             r.id,
             r.state,
             r.attempts,
-            when(r.updated_at),
+            _when(r.updated_at),
             r.event_name,
             r.rule,
             r.channel,
@@ -143,7 +143,7 @@ def _print_records(records: list[DeliveryRecord], redact: Redactor, *, as_json: 
     click.echo(table(headers, rows, right=frozenset({0, 2})))
 
 
-def db_option(function: Callable[..., Any]) -> Callable[..., Any]:
+def _db_option(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--db", help="Store: a SQLite file (default router.db). [env: ROUTER_DB]")(
         function
     )
@@ -157,18 +157,18 @@ def _filter_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--channel", help="Only this channel.")(function)
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+_json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 _limit_option = click.option(
     "--limit", type=click.IntRange(1, 100_000), default=50, show_default=True
 )
 
 
 @click.command()
-@db_option
+@_db_option
 @click.option("--state", type=click.Choice(STATES), help="Only deliveries in this state.")
 @_filter_options
 @_limit_option
-@json_option
+@_json_option
 def deliveries(
     db: str | None,
     state: str | None,
@@ -180,7 +180,7 @@ def deliveries(
 ) -> None:
     """List deliveries, newest first."""
     after = _since(since)
-    records = with_store(
+    records = _with_store(
         db,
         lambda store: store.list_deliveries(
             state=state,  # type: ignore[arg-type]
@@ -199,10 +199,10 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@db_option
+@_db_option
 @_filter_options
 @_limit_option
-@json_option
+@_json_option
 def dlq_list(
     db: str | None,
     channel: str | None,
@@ -220,7 +220,7 @@ def dlq_list(
         )
         return records, (await store.counts()).dead
 
-    records, total = with_store(db, listing)
+    records, total = _with_store(db, listing)
     if not records and not as_json:
         click.echo(empty_dlq(total))
         return
@@ -229,11 +229,11 @@ def dlq_list(
 
 @dlq.command("show")
 @click.argument("delivery_id", type=int, metavar="ID")
-@db_option
-@json_option
+@_db_option
+@_json_option
 def dlq_show(delivery_id: int, db: str | None, as_json: bool) -> None:
     """Show one dead letter: its error, rendered message and event."""
-    detail = with_store(db, lambda store: store.get_delivery(delivery_id))
+    detail = _with_store(db, lambda store: store.get_delivery(delivery_id))
     if detail is None or detail.record.state != "dead":
         raise click.ClickException(f"no dead letter {delivery_id}")
     redact = _redactor(db)
@@ -250,8 +250,8 @@ def dlq_show(delivery_id: int, db: str | None, as_json: bool) -> None:
         ("rule", record["rule"]),
         ("channel", record["channel"]),
         ("attempts", record["attempts"]),
-        ("created", when(record["created_at"]) + " UTC"),
-        ("died", when(record["updated_at"]) + " UTC"),
+        ("created", _when(record["created_at"]) + " UTC"),
+        ("died", _when(record["updated_at"]) + " UTC"),
         ("last error", record["last_error"] or "-"),
     ]
     click.echo(table(("FIELD", "VALUE"), fields))
@@ -299,8 +299,8 @@ def _selection_options(function: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help="Replay silenced or muted deliveries instead of dead letters.",
 )
-@db_option
-@json_option
+@_db_option
+@_json_option
 def dlq_replay(
     ids: tuple[int, ...],
     everything: bool,
@@ -314,7 +314,7 @@ def dlq_replay(
     """Put dead letters (or silenced or muted deliveries) back in the queue; they keep
     their idempotency keys."""
     selector = _selector(ids, everything, state, channel=channel, rule=rule, since=since)
-    count = with_store(
+    count = _with_store(
         db,
         lambda store: store.replay(
             now=time.time(),
@@ -330,8 +330,8 @@ def dlq_replay(
 
 @dlq.command("purge")
 @_selection_options
-@db_option
-@json_option
+@_db_option
+@_json_option
 def dlq_purge(
     ids: tuple[int, ...],
     everything: bool,
@@ -343,7 +343,7 @@ def dlq_purge(
 ) -> None:
     """Delete dead letters for good."""
     selector = _selector(ids, everything, channel=channel, rule=rule, since=since)
-    count = with_store(db, lambda store: store.purge(**selector.store_args()))
+    count = _with_store(db, lambda store: store.purge(**selector.store_args()))
     click.echo(
         orjson.dumps({"purged": count}).decode() if as_json else f"purged {count} dead letter(s)"
     )

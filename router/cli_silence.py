@@ -12,7 +12,7 @@ from typing import Any
 import click
 import orjson
 
-from router.cli_ops import db_option, json_option, table, when, with_store
+from router.cli_ops import _db_option, _json_option, _when, _with_store, table
 from router.delivery_queries import BadQuery
 from router.silence_requests import new_silence, silence_dict, silence_state
 from router.silences import describe
@@ -38,8 +38,8 @@ def _print(silences: list[Silence], as_json: bool) -> None:
         (
             s.id,
             silence_state(s, now),
-            when(s.starts_at),
-            when(s.ends_at),
+            _when(s.starts_at),
+            _when(s.ends_at),
             s.author,
             describe(s.matchers),
             s.comment,
@@ -64,8 +64,8 @@ def _print(silences: list[Silence], as_json: bool) -> None:
 @click.option("--starts", "starts_at", help="When it starts (default now).")
 @click.option("--author", help="Who (default: the user running the command).")
 @click.option("--comment", default="", help="Why.")
-@db_option
-@json_option
+@_db_option
+@_json_option
 def silence_add(db: str | None, as_json: bool, match: str | None, **fields: Any) -> None:
     """Add a silence; prints it with its id."""
     data: dict[str, Any] = {
@@ -92,27 +92,28 @@ def silence_add(db: str | None, as_json: bool, match: str | None, **fields: Any)
         await store.add_silence(made)
         return made
 
-    _print([with_store(db, add)], as_json)
+    _print([_with_store(db, add)], as_json)
 
 
 @silence.command("list")
 @click.option("--all", "everything", is_flag=True, help="Expired and future ones too.")
-@db_option
-@json_option
+@_db_option
+@_json_option
 def silence_list(everything: bool, db: str | None, as_json: bool) -> None:
     """List the active silences (with --all, every silence), newest first."""
     now = time.time()
-    found = with_store(db, lambda store: store.list_silences(active_at=None if everything else now))
+    active_at = None if everything else now
+    found = _with_store(db, lambda store: store.list_silences(active_at=active_at))
     _print(found, as_json)
 
 
 @silence.command("expire")
 @click.argument("silence_id", metavar="ID")
-@db_option
-@json_option
+@_db_option
+@_json_option
 def silence_expire(silence_id: str, db: str | None, as_json: bool) -> None:
     """End a silence now."""
-    ended = with_store(db, lambda store: store.expire_silence(silence_id, now=time.time()))
+    ended = _with_store(db, lambda store: store.expire_silence(silence_id, now=time.time()))
     if ended is None:
         raise click.ClickException(f"no silence {silence_id}")
     _print([ended], as_json)
