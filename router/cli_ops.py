@@ -135,12 +135,21 @@ def _print_records(records: list[DeliveryRecord], redact: Redactor, *, as_json: 
             r.event_name,
             r.rule,
             r.channel,
-            _short(redact(r.last_error or "")),
+            _note(r, redact),
         )
         for r in records
     ]
     headers = ("ID", "STATE", "ATTEMPTS", "UPDATED (UTC)", "EVENT", "RULE", "CHANNEL", "LAST ERROR")
     click.echo(table(headers, rows, right=frozenset({0, 2})))
+
+
+def _note(record: DeliveryRecord, redact: Redactor) -> str:
+    """The last column: the last error, or why a delivery waits or was not sent."""
+    if record.state == "held":
+        return f"held until {_when(record.next_attempt_at)} UTC (quiet hours)"
+    if record.state == "silenced":
+        return f"silenced by {record.silence}"
+    return _short(redact(record.last_error or ""))
 
 
 def _db_option(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -2,6 +2,7 @@
 validation, and deliveries held then released, or dropped, on a store of each backend
 with an injected clock (a window opens and closes during the test, without waiting)."""
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,7 +10,9 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
+from click.testing import CliRunner
 
+from router.cli import cli
 from router.config_source import ConfigErrors
 from router.plugins import load_plugins
 from router.quiet_hours import Mutes, MuteWindow, compile_window
@@ -186,6 +189,10 @@ async def test_held_deliveries_are_released_when_the_window_ends(
     [held] = await store.list_deliveries(state="held")
     assert (held.channel, held.next_attempt_at) == ("pager", pytest.approx(ny(2026, 12, 8, 7, 0)))
     await store.close()
+    result = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["deliveries", "--state", "held", "--db", db_url]
+    )
+    assert "held until 2026-12-08 12:00:00 UTC (quiet hours)" in result.output  # 07:00 in NY
 
     store = open_store(db_url)  # held deliveries survive a restart
     await store.open()
@@ -222,10 +229,6 @@ async def test_a_digest_rule_holds_its_events_for_one_digest_on_release(
 
 
 async def test_router_test_says_when_a_rule_would_be_muted(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from router.cli import cli
-
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     payload = example("course_section_created")

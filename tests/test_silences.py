@@ -125,7 +125,7 @@ async def test_a_cli_silence_applies_to_a_running_server_and_replays(
         made["id"],
     )
     code, out = await asyncio.to_thread(run, "deliveries", "--state", "silenced", "--db", db_url)
-    assert code == 0 and "silenced" in out
+    assert code == 0 and f"silenced by {made['id']}" in out
     code, out = await asyncio.to_thread(run, "silence", "list", "--db", db_url)
     assert made["id"] in out and "rule=sections channel=audit" in out
 
