@@ -299,15 +299,18 @@ def _selection_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.argument("ids", type=int, nargs=-1, metavar="[ID]...")(function)
 
 
-@dlq.command("replay")
-@_selection_options
-@click.option(
+_state_option = click.option(
     "--state",
     type=click.Choice(REPLAYABLE),
     default="dead",
     show_default=True,
-    help="Replay silenced or muted deliveries instead of dead letters.",
+    help="Silenced or muted deliveries instead of dead letters.",
 )
+
+
+@dlq.command("replay")
+@_selection_options
+@_state_option
 @_db_option
 @_json_option
 def dlq_replay(
@@ -339,6 +342,7 @@ def dlq_replay(
 
 @dlq.command("purge")
 @_selection_options
+@_state_option
 @_db_option
 @_json_option
 def dlq_purge(
@@ -347,12 +351,18 @@ def dlq_purge(
     channel: str | None,
     rule: str | None,
     since: str | None,
+    state: str,
     db: str | None,
     as_json: bool,
 ) -> None:
-    """Delete dead letters for good."""
-    selector = _selector(ids, everything, channel=channel, rule=rule, since=since)
-    count = _with_store(db, lambda store: store.purge(**selector.store_args()))
-    click.echo(
-        orjson.dumps({"purged": count}).decode() if as_json else f"purged {count} dead letter(s)"
+    """Delete dead letters (or silenced or muted deliveries) for good."""
+    selector = _selector(ids, everything, state, channel=channel, rule=rule, since=since)
+    count = _with_store(
+        db,
+        lambda store: store.purge(
+            state=selector.state,  # type: ignore[arg-type]
+            **selector.store_args(),
+        ),
     )
+    what = "dead letter(s)" if state == "dead" else f"{state} deliveries"
+    click.echo(orjson.dumps({"purged": count}).decode() if as_json else f"purged {count} {what}")

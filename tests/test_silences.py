@@ -187,6 +187,11 @@ async def test_admin_api_silences_survive_a_restart(
     assert (await (await client.get("/-/silences", headers=ADMIN)).json())["silences"] == []
     everything = await (await client.get("/-/silences?all=1", headers=ADMIN)).json()
     assert [s["state"] for s in everything["silences"]] == ["expired"]
+    # Purged through the dead-letter API with their state: only they go.
+    resp = await client.post("/-/dlq/purge", json={"state": "silenced", "all": True}, headers=ADMIN)
+    assert await resp.json() == {"purged": 1}
+    resp = await client.post("/-/dlq/purge", json={"state": "held", "all": True}, headers=ADMIN)
+    assert resp.status == 400 and "state" in (await resp.json())["error"]
 
 
 async def test_status_page_form_adds_and_expires_silences_with_csrf(

@@ -572,3 +572,24 @@ async def test_stored_events_for_the_history_preview(store: Store) -> None:
     events = await store.stored_events(since=now - 10, limit=10)
     assert [(e.id, e.payload) for e in events] == [("a", b'{"id": "a"}'), ("b", b'{"id": "b"}')]
     assert [e.id for e in await store.stored_events(since=0, limit=2)] == ["old", "a"]
+
+
+async def test_purge_takes_the_state_it_is_given_and_only_it(store: Store) -> None:
+    now = time.time()
+    await accept(store, "a", "b", "c", now=now)
+    a, b, c = await store.claim_events(10, lease=30, now=now)
+    await store.record_routing(
+        [
+            routed(a, NewDelivery("a:r:x", "r", "x", b"{}", state="silenced", silence="s")),
+            routed(b, NewDelivery("b:r:x", "r", "x", b"{}", state="muted")),
+            routed(c, NewDelivery("c:r:x", "r", "x", b"{}", error="broke")),
+        ],
+        now=now,
+    )
+    assert await store.purge(None, state="silenced") == 1
+    assert await store.list_deliveries(state="silenced") == []
+    assert [d.key for d in await store.list_deliveries()] == ["c:r:x", "b:r:x"]
+    assert await store.purge(None) == 1  # dead letters by default
+    assert [d.state for d in await store.list_deliveries()] == ["muted"]
+    with pytest.raises(ValueError, match="cannot purge"):
+        await store.purge(None, state="held")

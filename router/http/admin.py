@@ -117,7 +117,8 @@ async def _selector(request: web.Request) -> tuple[Selector, bool]:
 
 
 async def post_replay(request: web.Request) -> web.Response:
-    """``POST /-/dlq/replay``: requeue dead letters (same idempotency keys)."""
+    """``POST /-/dlq/replay``: requeue dead letters (same idempotency keys); with
+    ``"state": "silenced"`` or ``"muted"``, those deliveries instead."""
     try:
         selector, form = await _selector(request)
     except BadQuery as exc:
@@ -135,12 +136,16 @@ async def post_replay(request: web.Request) -> web.Response:
 
 
 async def post_purge(request: web.Request) -> web.Response:
-    """``POST /-/dlq/purge``: delete dead letters."""
+    """``POST /-/dlq/purge``: delete dead letters (``"state": "silenced"`` or ``"muted"``:
+    those deliveries instead)."""
     try:
         selector, form = await _selector(request)
     except BadQuery as exc:
         return _bad(exc)
-    count = await request.app[STORE].purge(**selector.store_args())
+    count = await request.app[STORE].purge(
+        state=selector.state,  # type: ignore[arg-type]
+        **selector.store_args(),
+    )
     if form:
         raise web.HTTPSeeOther(f"/?purged={count}")
     return _json({"purged": count})

@@ -307,8 +307,10 @@ class Store(Protocol):
         channel: str | None = None,
         rule: str | None = None,
         since: float | None = None,
+        state: DeliveryState = "dead",
     ) -> int:
-        """Delete dead deliveries, selected as by ``replay``. Returns how many."""
+        """Delete dead (or silenced, or muted) deliveries, selected as by ``replay``.
+        Returns how many."""
 
     async def release_held(self, *, now: float) -> int:
         """Make held deliveries whose release time has come pending (due now); return

@@ -851,10 +851,13 @@ class PostgresStore:
         channel: str | None = None,
         rule: str | None = None,
         since: float | None = None,
+        state: DeliveryState = "dead",
     ) -> int:
+        if state not in policies.REPLAYABLE_STATES:
+            raise ValueError(f"cannot purge {state} deliveries")
         where, args = _where(
             policies.DeliveryFilter(
-                state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
+                state=state, ids=delivery_ids, channel=channel, rule=rule, since=since
             )
         )
         async with self._acquire() as conn:

@@ -688,11 +688,15 @@ class SqliteStore:
         channel: str | None = None,
         rule: str | None = None,
         since: float | None = None,
+        state: DeliveryState = "dead",
     ) -> int:
+        if state not in policies.REPLAYABLE_STATES:
+            raise ValueError(f"cannot purge {state} deliveries")
+
         def op(conn: sqlite3.Connection) -> int:
             where, args = _where(
                 policies.DeliveryFilter(
-                    state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
+                    state=state, ids=delivery_ids, channel=channel, rule=rule, since=since
                 )
             )
             return conn.execute(f"DELETE FROM deliveries AS d WHERE {where}", args).rowcount
