@@ -4,6 +4,7 @@ with an injected clock (a window opens and closes during the test, without waiti
 
 import asyncio
 import datetime as dt
+import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -19,7 +20,7 @@ from router.quiet_hours import Mutes, MuteWindow, compile_window
 from router.routing import Router, RoutingWorker, build_router
 from router.settings import Settings
 from router.store import Store, open_store
-from tests.conftest import ROOT, example
+from tests.conftest import ROOT, ServiceFactory, example
 
 NY = ZoneInfo("America/New_York")
 
@@ -249,3 +250,36 @@ async def test_router_test_says_when_a_rule_would_be_muted(tmp_path: Path) -> No
     [report] = orjson.loads(result.output)
     [pager] = [m for m in report["messages"] if m["channel"] == "pager"]
     assert pager["muted"] == {"during_mute": "hold", "until": ny(2026, 12, 8, 7, 0)}
+
+
+async def test_the_status_page_shows_held_deliveries_with_their_release_time(
+    service: ServiceFactory,
+) -> None:
+    today = dt.datetime.now(dt.UTC).date()
+    tomorrow = today + dt.timedelta(days=1)
+    client = await service(
+        textwrap.dedent(
+            f"""\
+            version: 1
+            channels:
+              hook: {{type: webhook, url: "http://127.0.0.1:9/x", log_only: true}}
+            rules:
+              - name: sections
+                events: [course_section_created]
+                notify: [hook]
+                mute: [{{dates: ["{today}/{tomorrow}"], time_zone: UTC}}]
+            """
+        )
+    )
+    await client.post("/events", json=example("course_section_created"))
+    release = dt.datetime.combine(tomorrow + dt.timedelta(days=1), dt.time(), dt.UTC)
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        html = await (await client.get("/")).text()
+        if 'id="held-' in html:
+            break
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.1)
+    row = html[html.index('id="held-') :]
+    row = row[: row.index("</tr>")]
+    assert "sections" in row and f"{release:%Y-%m-%d %H:%M:%S} UTC" in row

@@ -223,6 +223,33 @@ async def test_status_page_form_adds_and_expires_silences_with_csrf(
     assert f'id="silence-{silence_id}"' not in html and "No active silence." in html
 
 
+async def test_status_page_lists_silenced_deliveries_and_replays_one(
+    service: ServiceFactory, receiver: WebhookReceiver
+) -> None:
+    client = await service(rules(receiver.url), admin_token=TOKEN)
+    made = await (
+        await client.post("/-/silences", json={"rule": "completed", "for": "1h"}, headers=ADMIN)
+    ).json()
+    await client.post("/events", json=example("course_completed"))
+    await until_metric(client, "router_silenced_total", 1, silence=made["id"])
+    [silenced] = (await (await client.get("/-/deliveries?state=silenced", headers=ADMIN)).json())[
+        "deliveries"
+    ]
+    client.session.cookie_jar.update_cookies({COOKIE: session_value(TOKEN)})
+    html = await (await client.get("/")).text()
+    row = html[html.index(f'id="silenced-{silenced["id"]}"') :]
+    row = row[: row.index("</tr>")]
+    assert made["id"] in row and 'name="state" value="silenced"' in row
+    resp = await client.post(
+        "/-/dlq/replay",
+        data={"csrf": csrf_value(TOKEN), "state": "silenced", "ids": str(silenced["id"])},
+        allow_redirects=False,
+    )
+    assert (resp.status, resp.headers["Location"]) == (303, "/?replayed=1")
+    [got] = await receiver.wait_for(1, timeout=5)
+    assert got.webhook_id == silenced["key"]
+
+
 async def test_replicas_share_silences_on_postgresql(pg_schema: str, tmp_path: Path) -> None:
     router = make_router(tmp_path, rules("http://127.0.0.1:9/x"))
     first, second = (PostgresStore(store_url(pg_schema, replica=f"r{n}")) for n in range(2))
