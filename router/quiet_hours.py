@@ -211,10 +211,11 @@ class Mutes:
         if not any(window.active(t) for window in self.windows):
             return None
         end = t
-        while True:  # hop from window to window while one of them still holds
+        limit = t + HORIZON_DAYS * 86400.0  # windows that never end (every day) stop here
+        while end < limit:  # hop from window to window while one of them still holds
             holding = [window for window in self.windows if window.active(end)]
             if not holding:
                 break
-            end = max(window.end(end) for window in holding)
+            end = min(limit, max(window.end(end) for window in holding))
         self._memo = (t, end)
         return end

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from router.cli import cli
 from router.config_source import ConfigErrors
 from router.plugins import load_plugins
-from router.quiet_hours import Mutes, MuteWindow, compile_window
+from router.quiet_hours import HORIZON_DAYS, Mutes, MuteWindow, compile_window
 from router.routing import Router, RoutingWorker, build_router
 from router.settings import Settings
 from router.store import Store, open_store
@@ -68,6 +68,9 @@ def test_dates_days_and_windows_that_join() -> None:
     )
     evening = dt.datetime(2026, 12, 7, 19, tzinfo=dt.UTC).timestamp()
     assert both.until(evening) == dt.datetime(2026, 12, 8, 7, tzinfo=dt.UTC).timestamp()
+    # A window that never ends (every day) is quiet up to a horizon, not forever.
+    always = window(days=["mon-sun"])
+    assert always.until(evening) == evening + HORIZON_DAYS * 86400
 
 
 RULES = """\
