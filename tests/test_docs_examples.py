@@ -20,6 +20,8 @@ before it, ``<!-- check: KIND [key=value ...] -->``:
 - ``jinja`` marked ``template event=NAME``: saved as ``NAME.j2`` and rendered by
   ``router test`` on ``examples/events/NAME.json``.
 - ``python`` compiles, ``toml`` parses.
+- any block marked ``file path=PATH`` (a compose file, a Dockerfile, a piece of the
+  example rules.yaml): it must appear verbatim in that file of the repository.
 
 The README's quick start, its length, ``ROUTER_*`` names and relative links are checked
 here too.
@@ -201,7 +203,7 @@ def validate(
     return result.exit_code, result.output
 
 
-YAML = [block for block in blocks("yaml") if block.kind != "rules-invalid"]
+YAML = [block for block in blocks("yaml") if block.kind not in ("rules-invalid", "file")]
 
 
 @pytest.mark.parametrize("block", YAML, ids=ids(YAML))
@@ -500,6 +502,15 @@ TOML = blocks("toml")
 @pytest.mark.parametrize("block", TOML, ids=ids(TOML))
 def test_toml_example_parses(block: Block) -> None:
     tomllib.loads(block.code)
+
+
+COPIES = [block for block in ALL_BLOCKS if block.kind == "file"]
+
+
+@pytest.mark.parametrize("block", COPIES, ids=ids(COPIES))
+def test_copy_of_a_file_matches_it(block: Block) -> None:
+    path = ROOT / block.options["path"]
+    assert block.code in path.read_text(), f"{block.where}: not as in {block.options['path']}"
 
 
 # -- names and links -----------------------------------------------------------------
