@@ -15,16 +15,18 @@ before it, ``<!-- check: KIND [key=value ...] -->``:
   real router and must hit one of its routes, other programs are checked for the files,
   extras and modules they name. An unknown program fails the test, so a new kind of
   example gets a check.
-- a block without language whose lines start with ``router ``: a usage synopsis; every
-  ``--option`` it shows must exist on that command.
+- a block without language whose lines start with ``router ``: a usage synopsis; it
+  shows every ``--option`` of that command and no other, and every command of the CLI
+  has one.
 - ``jinja`` marked ``template event=NAME``: saved as ``NAME.j2`` and rendered by
   ``router test`` on ``examples/events/NAME.json``.
 - ``python`` compiles, ``toml`` parses.
 - any block marked ``file path=PATH`` (a compose file, a Dockerfile, a piece of the
   example rules.yaml): it must appear verbatim in that file of the repository.
 
-The README's quick start, its length, ``ROUTER_*`` names and relative links are checked
-here too.
+Also checked here: the README's two quick-start commands (``.ci/run`` runs the second)
+and its length; every ``ROUTER_*`` name in the pages is a setting, and every setting is
+in docs/operations.md; relative links and their anchors resolve.
 """
 
 import glob
@@ -119,7 +121,7 @@ def test_every_page_has_checked_examples() -> None:
     for page in PAGES:
         assert blocks_of(page), f"no code blocks found in {page}"
     kinds = {block.kind for block in ALL_BLOCKS}
-    assert {"rules-fragment", "rules-invalid", "template"} <= kinds
+    assert {"rules-fragment", "rules-invalid", "template", "file"} <= kinds
 
 
 # -- the front door ------------------------------------------------------------------
