@@ -44,6 +44,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import make_mocked_request
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from router.cli import cli
 from router.settings import Settings
@@ -574,3 +575,38 @@ def test_relative_links_resolve(page: Path) -> None:
         assert linked.exists(), f"{page.relative_to(ROOT)}: broken link {target}"
         if anchor and linked.suffix == ".md":
             assert anchor in anchors(linked), f"{page.relative_to(ROOT)}: no anchor {target}"
+
+
+async def test_every_route_and_metric_is_documented() -> None:
+    """The endpoints table and the metrics table of docs/operations.md against a real
+    router with the admin API on: every route and metric family is named there, and
+    every `router_*` metric named in the pages exists."""
+    text = "\n".join(page.read_text() for page in PAGES)
+    rules = """
+        version: 1
+        channels: {audit: {type: webhook, url: ""}}
+        rules: [{name: all, events: ["*"], notify: [audit]}]
+    """
+    async with run_router(rules, admin_token="docs-admin-token") as router:
+        paths = {route.resource.canonical for route in router.app.router.routes()}
+        response = await router.client.get("/metrics")
+        exposition = await response.text()
+    assert {"/events", "/metrics", "/-/dlq/{id}"} <= paths
+    assert {path for path in paths if f"{path}`" not in text} == set()
+    families = {
+        family.name
+        for family in text_string_to_metric_families(exposition)
+        # prometheus-client also exposes each counter's start time as `<name>_created`.
+        if family.name.startswith("router_") and not family.name.endswith("_created")
+    }
+    assert families, exposition
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    assert {name for name in families if f"`{name}" not in operations} == set()
+    # Metric names: the metrics section's, and elsewhere the unmistakable ones (plugin
+    # modules are named router_* too).
+    metrics_section = operations.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(router_[a-z_]+)`", metrics_section)) | set(
+        re.findall(r"`(router_[a-z_]+_(?:total|seconds|bytes))`", text)
+    )
+    assert len(named) > 10
+    assert {name for name in named if name.removesuffix("_total") not in families} == set()
