@@ -350,6 +350,18 @@ def check_pip(args: list[str]) -> None:
                 assert extra in extras, f"pyproject.toml has no extra {extra!r}"
 
 
+def check_container_tool(args: list[str]) -> None:
+    """A container or cluster command: the files it names (`-f`, `--file`) exist."""
+    words = iter(args)
+    for word in words:
+        if word in ("-f", "--file", "--filename"):
+            name = next(words)
+            assert (ROOT / name).exists(), f"{name} does not exist"
+        elif word.startswith(("--file=", "--filename=")):
+            name = word.split("=", 1)[1]
+            assert (ROOT / name).exists(), f"{name} does not exist"
+
+
 def check_python(args: list[str]) -> None:
     assert args[0] == "-m", args
     module = args[1]
@@ -383,6 +395,10 @@ def check_command(where: str, command: list[str]) -> None:
         without_assignments(args)
     elif program == "apt-get":
         assert args[0] in ("update", "install"), args
+    elif program in ("docker", "podman", "buildah", "kubectl"):
+        check_container_tool(args)
+    elif program == ".ci/run":
+        assert (ROOT / ".ci" / "run").exists()
     else:
         pytest.fail(f"{where}: no check for `{program}`; add one to tests/test_docs_examples.py")
 
@@ -400,6 +416,29 @@ def test_shell_example_parses(block: Block, monkeypatch: pytest.MonkeyPatch) -> 
             check_command(block.where, command)
         except click.ClickException as exc:
             pytest.fail(f"{block.where}: {shlex.join(command)}: {exc.format_message()}")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        ".venv/bin/router serve --prot 8080",  # no such option
+        ".venv/bin/router dlq show forty-two",  # not an int
+        ".venv/bin/router deliveries --state lost",  # not a choice
+        "router validate rules.yaml && router tset rules.yaml x.json",  # no such command
+        "ROUTER_NO_SUCH_SETTING=1 .venv/bin/router serve",
+        ".venv/bin/pip install -e '.[tests]'",  # no such extra
+        ".venv/bin/python -m bench --fast",
+        "podman build -f Dockerfile.missing .",
+        "curl -s localhost:9090/events",  # not the router's address
+        "wget localhost:8080/metrics",  # no check for this program
+    ],
+)
+def test_shell_checks_reject_what_is_wrong(line: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks above can fail: each of these lines is refused."""
+    monkeypatch.chdir(ROOT)
+    with pytest.raises((AssertionError, click.ClickException, pytest.fail.Exception)):
+        for command in commands_in(line):
+            check_command("example", command)
 
 
 def curl_request(args: list[str]) -> tuple[str, str, dict[str, str], bytes | None]:
