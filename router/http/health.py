@@ -1,0 +1,36 @@
+"""``GET /healthz`` (the process is alive) and ``GET /readyz`` (ready to accept)."""
+
+import asyncio
+
+from aiohttp import web
+
+from router.http.ingest import problem
+from router.http.keys import DRAINING, LIVE, RELOAD, STORE
+
+__all__ = ["healthz", "readyz"]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Process is alive."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready to accept: store reachable, rules loaded, not draining."""
+    app = request.app
+    if app[DRAINING].is_set():
+        return problem(503, "draining", state="draining")
+    try:
+        counts = await asyncio.wait_for(app[STORE].counts(), timeout=5)
+    except Exception as exc:
+        return problem(503, f"store unreachable: {type(exc).__name__}", state="unready")
+    return web.json_response(
+        {
+            "state": "ready",
+            "rules": app[LIVE].router.rules.file,
+            "rules_reload": app[RELOAD].as_dict(),
+            "events_pending": counts.events_pending,
+            "deliveries_pending": counts.deliveries_pending,
+            "dead_letters": counts.dead,
+        }
+    )
