@@ -391,6 +391,9 @@ def check_command(where: str, command: list[str]) -> None:
         assert all((ROOT / arg).exists() for arg in args if not arg.startswith("-")), args
     elif program == ".venv/bin/ruff":
         assert args[0] in ("check", "format"), args
+    elif program == ".venv/bin/lint-imports":
+        config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+        assert config["tool"]["importlinter"]["contracts"], "no import contracts"
     elif program == "export":
         without_assignments(args)
     elif program == "apt-get":
