@@ -2,20 +2,35 @@
 
 Plugin authors import everything they need from here::
 
-    from router import hookimpl, Channel, Message, PermanentError, RetryableError
+    from router import (
+        Channel, ChannelConfig, DeliveryOutcome, Message, PermanentError, RetryableError,
+        hookimpl, retry_after_seconds,
+    )
 """
 
-from router.channels import Channel, DeliveryError, Message, PermanentError, RetryableError
+from router.channels import (
+    Channel,
+    ChannelConfig,
+    DeliveryError,
+    DeliveryOutcome,
+    Message,
+    PermanentError,
+    RetryableError,
+    retry_after_seconds,
+)
 from router.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Channel",
+    "ChannelConfig",
     "DeliveryError",
+    "DeliveryOutcome",
     "Message",
     "PermanentError",
     "RetryableError",
     "__version__",
     "hookimpl",
+    "retry_after_seconds",
 ]
