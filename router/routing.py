@@ -94,6 +94,7 @@ class Router:
             channel="",
             previous=None if previous is None else previous.get("body"),
             default_time_zone=self.rules.defaults.time_zone,
+            display_time_zone=self.rules.defaults.display_time_zone,
         )
         deliveries: list[NewDelivery] = []
         digests: list[DigestEntry] = []
@@ -192,6 +193,7 @@ class Router:
             channel="",
             previous=None,
             default_time_zone=self.rules.defaults.time_zone,
+            display_time_zone=self.rules.defaults.display_time_zone,
         )
         variables.update(events=events, count=len(events), group=orjson.loads(digest.group))
         jobs = []
@@ -210,7 +212,12 @@ class Router:
 def build_router(settings: Settings, plugins: Plugins) -> Router:
     """Load templates and rules (raises ``ConfigErrors`` listing every problem)."""
     templates = Templates(settings.templates, plugins.filters)
-    rules = load_rules(settings.rules, plugins.channel_types, templates=templates)
+    rules = load_rules(
+        settings.rules,
+        plugins.channel_types,
+        templates=templates,
+        max_attempts=settings.max_attempts,
+    )
     return Router(rules, templates)
 
 
