@@ -20,6 +20,7 @@ before it, ``<!-- check: KIND [key=value ...] -->``:
   has one.
 - ``jinja`` marked ``template event=NAME``: saved as ``NAME.j2`` and rendered by
   ``router test`` on ``examples/events/NAME.json``.
+- ``yaml`` marked ``manifest``: Kubernetes documents, each with apiVersion and kind.
 - ``python`` compiles, ``toml`` parses.
 - any block marked ``file path=PATH`` (a compose file, a Dockerfile, a piece of the
   example rules.yaml): it must appear verbatim in that file of the repository.
@@ -61,8 +62,8 @@ QUICK_START = [
     "python3.11 -m venv .venv && .venv/bin/pip install -e '.[test]'"
     " -e examples/router-mattermost && .venv/bin/pytest",
 ]
-# Environment variables that are not settings but that the router reads.
-OTHER_ROUTER_VARIABLES = {"ROUTER_TRACE_PLUGINS"}
+# ROUTER_* variables that are not settings: the plugin trace, the container test's cache.
+OTHER_ROUTER_VARIABLES = {"ROUTER_TRACE_PLUGINS", "ROUTER_CONTAINER_CACHE"}
 # Values for ${VAR} references without a default, so that validation sees them set.
 SECRET_VALUE = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -206,14 +207,16 @@ def validate(
     return result.exit_code, result.output
 
 
-YAML = [block for block in blocks("yaml") if block.kind not in ("rules-invalid", "file")]
+YAML = [
+    block for block in blocks("yaml") if block.kind not in ("rules-invalid", "file", "manifest")
+]
 
 
 @pytest.mark.parametrize("block", YAML, ids=ids(YAML))
 def test_yaml_example_validates(
     block: Block, tmp_path: Path, guide_plugin_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert block.kind in ("", "rules", "rules-fragment"), f"{block.where}: kind {block.kind!r}"
+    assert block.kind in ("", "yaml", "rules", "rules-fragment"), f"{block.where}: {block.kind!r}"
     document = yaml.safe_load(block.code)
     if block.kind == "rules-fragment":
         assert "version" not in document, f"{block.where}: a whole file, not a fragment"
@@ -243,6 +246,21 @@ def test_invalid_yaml_example_shows_the_real_errors(
     assert status == 1
     printed = output.splitlines()
     assert [line for line in shown if line not in printed] == [], output
+
+
+MANIFESTS = [block for block in blocks("yaml") if block.kind == "manifest"]
+
+
+@pytest.mark.parametrize("block", MANIFESTS, ids=ids(MANIFESTS))
+def test_kubernetes_manifest_example_is_well_formed(block: Block) -> None:
+    """A Kubernetes manifest: YAML documents with apiVersion and kind, and every
+    ROUTER_* variable it sets is a setting."""
+    documents = [doc for doc in yaml.safe_load_all(block.code) if doc is not None]
+    assert documents, block.where
+    for document in documents:
+        assert {"apiVersion", "kind"} <= set(document), f"{block.where}: {document}"
+    for name in re.findall(r"name: (ROUTER_[A-Z_]+)", block.code):
+        assert name in settings_variables(), f"{block.where}: {name} is not a setting"
 
 
 # -- templates: rendered by router test ----------------------------------------------
@@ -319,7 +337,7 @@ def parse_router_command(args: list[str]) -> click.Context:
     option, argument, choice and type. Globs are expanded from the repository root."""
     expanded: list[str] = []
     for arg in args:
-        if any(char in arg for char in "*?["):
+        if "/" in arg and any(char in arg for char in "*?["):  # a path; not `--channel 'slack-*'`
             matches = sorted(glob.glob(arg, root_dir=ROOT))
             assert matches, f"{arg} matches no file"
             expanded.extend(matches)
