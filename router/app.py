@@ -21,6 +21,7 @@ from router.appkeys import (
     RELOAD,
     ROUTING,
     SETTINGS,
+    SOURCES,
     STORE,
     Live,
 )
@@ -37,6 +38,7 @@ from router.retention import retention_ctx
 from router.routing import Router, RoutingWorker
 from router.rules import load_rules
 from router.settings import Settings
+from router.source_manager import IngestGate, SourceManager
 from router.store import StoreOpenError, open_store
 from router.templates import Templates
 from router.web import status_page
@@ -49,7 +51,12 @@ __all__ = ["build_router", "create_app"]
 def build_router(settings: Settings, plugins: Plugins) -> Router:
     """Load templates and rules (raises ``ConfigErrors`` listing every problem)."""
     templates = Templates(settings.templates, plugins.filters)
-    rules = load_rules(settings.rules, plugins.channel_types, templates=templates)
+    rules = load_rules(
+        settings.rules,
+        plugins.channel_types,
+        templates=templates,
+        source_types=plugins.source_types,
+    )
     return Router(rules, templates)
 
 
@@ -71,6 +78,7 @@ def create_app(settings: Settings, *, plugins: Plugins | None = None) -> web.App
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(workers_ctx)
+    app.cleanup_ctx.append(sources_ctx)
     app.cleanup_ctx.append(reload_ctx)
     app.cleanup_ctx.append(retention_ctx)
     app.on_shutdown.append(start_draining)
@@ -81,6 +89,9 @@ def setup_routes(app: web.Application) -> None:
     ingest = Ingest(app)
     app.on_startup.append(ingest.bind)  # after the contexts: the store is open by then
     app.router.add_post("/events", ingest.post_events)
+    # For senders that cannot set a header (a Canvas HTTPS subscription): the ingest
+    # token in the path. The path is a secret: the service keeps no access log.
+    app.router.add_post("/events/{token}", ingest.post_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
@@ -192,6 +203,24 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     await close_channels(dispatcher.channels)
 
 
+async def sources_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The sources declared in the rules file (SQS queues, ...), started once the
+    store and the routing worker are up, stopped before them."""
+    settings = app[SETTINGS]
+    gate = IngestGate(
+        app[STORE],
+        dedupe_window=settings.dedupe_window,
+        wake=app[ROUTING].wake,
+        draining=app[DRAINING],
+        metrics=app[METRICS],
+    )
+    manager = SourceManager(gate, app[METRICS], max_items=settings.max_batch_items)
+    app[SOURCES] = manager
+    await manager.apply(app[LIVE].router.rules.sources)
+    yield
+    await manager.stop_all()
+
+
 async def start_draining(app: web.Application) -> None:
     """On SIGTERM: new events get 503 while in-flight work finishes."""
     app[DRAINING].set()
@@ -220,5 +249,6 @@ async def readyz(request: web.Request) -> web.Response:
             "events_pending": counts.events_pending,
             "deliveries_pending": counts.deliveries_pending,
             "dead_letters": counts.dead,
+            "sources": app[SOURCES].status(),
         }
     )

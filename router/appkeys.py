@@ -14,6 +14,7 @@ from router.pacing import IngestPressure
 from router.plugins import Plugins
 from router.routing import Router, RoutingWorker
 from router.settings import Settings
+from router.source_manager import SourceManager
 from router.store import Store
 
 if TYPE_CHECKING:
@@ -40,4 +41,5 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 DRAINING = web.AppKey("draining", asyncio.Event)
 PRESSURE = web.AppKey("pressure", IngestPressure)
 METRICS = web.AppKey("metrics", Metrics)
+SOURCES = web.AppKey("sources", SourceManager)
 RELOAD: "web.AppKey[ReloadStatus]" = web.AppKey("reload")

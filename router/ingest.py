@@ -7,6 +7,7 @@ are the event. Every rejection says exactly what was wrong.
 
 import hmac
 import logging
+import math
 import time
 from typing import Any
 
@@ -160,6 +161,9 @@ class Ingest:
 
     def _authorized(self, request: web.Request) -> bool:
         expected = self._token
+        in_path = request.match_info.get("token")
+        if in_path is not None:  # POST /events/<token>: only with a token configured
+            return expected is not None and hmac.compare_digest(in_path.encode(), expected)
         if expected is None:
             return True
         header = request.headers.get("Authorization", "")
@@ -186,10 +190,11 @@ class Ingest:
             try:
                 claims = await self.jwks.verify(data.strip().decode("ascii", "replace"))
             except KeysUnavailable as exc:
+                wait = 30 if exc.retry_after is None else max(1, math.ceil(exc.retry_after))
                 return web.json_response(
                     {"error": f"cannot check the signature now: {exc}; retry later"},
                     status=503,
-                    headers={"Retry-After": "30"},
+                    headers={"Retry-After": str(wait)},
                 )
             except JwtError as exc:
                 return problem(401, f"signature rejected: {exc}")

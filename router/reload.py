@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from router.appkeys import DISPATCHER, LIVE, PLUGINS, RELOAD, SETTINGS
+from router.appkeys import DISPATCHER, LIVE, PLUGINS, RELOAD, SETTINGS, SOURCES
 from router.config_source import ConfigErrors
 from router.dispatch import ChannelRuntime, close_channels, open_channels
 from router.logs import update_redactor
@@ -79,6 +79,9 @@ async def reload_rules(app: web.Application, trigger: str) -> ReloadStatus:
         status.ok, status.errors = True, []
         status.warnings = [str(warning) for warning in router.rules.warnings]
         status.succeeded += 1
+        # Only the sources whose definition changed are stopped and started again.
+        if SOURCES in app:
+            await app[SOURCES].apply(router.rules.sources)
         retired = {n: r for n, r in old.items() if n not in kept}
         asyncio.get_running_loop().create_task(_retire(retired))
         for warning in status.warnings:

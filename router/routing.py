@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from router.caliper import is_caliper_event
 from router.channels import DeliveryOutcome
 from router.matching import MISSING, MatchContext, lookup
 from router.metrics import Metrics
@@ -94,6 +95,9 @@ class Router:
             previous=None if previous is None else previous.get("body"),
             default_time_zone=self.rules.defaults.time_zone,
         )
+        # A Caliper event looks for its own templates (course_created.caliper.j2) before
+        # the defaults: the Canvas form's templates read fields it does not have.
+        template_key = f"{event.name}.caliper" if is_caliper_event(payload) else event.name
         deliveries: list[NewDelivery] = []
         digests: list[DigestEntry] = []
         rendered: dict[tuple[str, str], dict[str, Any]] = {}
@@ -111,7 +115,7 @@ class Router:
                 continue
             throttle = self._throttle(rule, variables, now)
             for channel in rule.notify:
-                job = self._job(event, rule, channel, variables, throttle)
+                job = self._job(event, rule, channel, variables, throttle, template_key)
                 deliveries.append(job)
                 if explain:
                     rendered[(rule.name, channel)] = orjson.loads(job.message) | (
@@ -149,6 +153,7 @@ class Router:
         channel: str,
         variables: dict[str, Any],
         throttle: tuple[str, float] | None,
+        template_key: str,
     ) -> NewDelivery:
         """One delivery; a message that cannot be rendered is born dead with its error,
         so it lands in the dead letters instead of vanishing."""
@@ -157,7 +162,7 @@ class Router:
             definition = self.rules.channels[channel]
             if not definition.type.cls.renders_message(definition.config):
                 return NewDelivery(key, rule.name, channel, NOT_RENDERED, throttle=throttle)
-            name = self.templates.resolve(rule.template, event.name, definition.type.name)
+            name = self.templates.resolve(rule.template, template_key, definition.type.name)
             message = self._render(name, {**variables, "rule": rule.name, "channel": channel})
             return NewDelivery(key, rule.name, channel, message, throttle=throttle)
         except RenderError as exc:

@@ -38,8 +38,9 @@ from router.config_source import (
     load_yaml,
 )
 from router.matching import MISSING, AllOf, MatchContext, PathCondition, compile_match, lookup
-from router.plugins import ChannelType
+from router.plugins import ChannelType, SourceType
 from router.ratelimit import parse_rate
+from router.sources import SourceConfig
 from router.templates import SUFFIX, Templates
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "RuleSet",
     "RuleSpec",
     "RulesFile",
+    "SourceDef",
     "Throttle",
     "load_rules",
     "parse_duration",
@@ -205,6 +207,7 @@ class RulesFile(BaseModel):
 
     version: Literal[1]
     defaults: Defaults = Field(default_factory=Defaults)
+    sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     rules: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -225,6 +228,17 @@ class ChannelDef:
     type: ChannelType
     options: ChannelOptions
     config: ChannelConfig
+
+
+@dataclass(frozen=True)
+class SourceDef:
+    """A source declared in the rules file, its type resolved and its config validated.
+    Two definitions are equal when type and config are: a reload restarts a source
+    only when its definition changed."""
+
+    name: str
+    type: SourceType
+    config: SourceConfig
 
 
 def _index_key(value: Any) -> Hashable | None:
@@ -263,6 +277,7 @@ class RuleSet:
     channels: dict[str, ChannelDef]
     rules: list[Rule]
     defaults: Defaults = field(default_factory=Defaults)
+    sources: dict[str, SourceDef] = field(default_factory=dict)
     secrets: set[str] = field(default_factory=set)
     #: Not errors, but likely mistakes: an event name one slip away from a Canvas one,
     #: a channel that no rule notifies.
@@ -369,6 +384,53 @@ def _check_channels(
         channels[name] = ChannelDef(name, ctype, options, config)
         secrets.update(secret_values(config))
     return channels
+
+
+def _check_sources(
+    raw: Mapping[str, dict[str, Any]],
+    source: SourceMap,
+    source_types: Mapping[str, SourceType],
+    errors: list[ConfigError],
+    secrets: set[str],
+) -> dict[str, SourceDef]:
+    sources: dict[str, SourceDef] = {}
+    for name, entry in raw.items():
+        loc = ("sources", name)
+        kind = entry.get("type")
+        stype = source_types.get(kind) if isinstance(kind, str) else None
+        if stype is None:
+            known = sorted(source_types)
+            hint = _suggest(kind, known) if isinstance(kind, str) else ""
+            message = f"unknown source type {kind!r}{hint}" if kind else "missing key 'type'"
+            errors.append(
+                source.error(
+                    (*loc, "type") if kind else loc,
+                    f"{message}; known types: {', '.join(known) or 'none'}",
+                )
+            )
+            continue
+        settings = {k: v for k, v in entry.items() if k != "type"}
+        try:
+            config = stype.cls.Config.model_validate(settings)
+        except ValidationError as exc:
+            errors.extend(errors_from_validation(exc, source, stype.cls.Config, loc))
+            continue
+        sources[name] = SourceDef(name, stype, config)
+        secrets.update(secret_values(config))
+    return sources
+
+
+def _source_warnings(sources: dict[str, SourceDef], source: SourceMap) -> list[ConfigError]:
+    """What each source's plugin says is worth a warning (e.g. SQS: the router cannot
+    check the queue's redrive policy)."""
+    warnings = []
+    for name, definition in sources.items():
+        try:
+            messages = definition.type.cls.warnings(definition.config)
+        except Exception as exc:  # the plugin's own code
+            messages = [f"the plugin's warnings() raised {type(exc).__name__}"]
+        warnings.extend(source.error(("sources", name), message) for message in messages)
+    return warnings
 
 
 def secret_values(model: BaseModel) -> set[str]:
@@ -501,6 +563,7 @@ def load_rules(
     *,
     templates: Templates | None = None,
     environ: Mapping[str, str] | None = None,
+    source_types: Mapping[str, SourceType] | None = None,
 ) -> RuleSet:
     """Load and fully validate a rules file; raise ``ConfigErrors`` listing every problem."""
     file = str(path)
@@ -516,6 +579,7 @@ def load_rules(
         parsed = RulesFile.model_validate(data)
     except ValidationError as exc:
         raise ConfigErrors(errors + errors_from_validation(exc, source, RulesFile)) from None
+    sources = _check_sources(parsed.sources, source, source_types or {}, errors, secrets)
     channels = _check_channels(parsed.channels, source, channel_types, errors, secrets)
     rules = _check_rules(parsed.rules, parsed, source, templates, errors)
     if templates is not None:
@@ -527,9 +591,11 @@ def load_rules(
         channels=channels,
         rules=rules,
         defaults=parsed.defaults,
+        sources=sources,
         secrets=secrets,
         warnings=sorted(
-            _event_name_warnings(rules, source)
+            _source_warnings(sources, source)
+            + _event_name_warnings(rules, source)
             + _unused_channel_warnings(list(channels), rules, source)
         ),
     )

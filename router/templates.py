@@ -13,6 +13,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
+from router.caliper import caliper_name, is_caliper_event
 from router.filters import builtin_filters
 
 __all__ = ["RenderError", "Rendered", "Templates", "builtin_templates", "template_context"]
@@ -267,13 +268,16 @@ def template_context(
     """The variables a template sees. ``previous`` is the entity's body as the router
     last knew it (None when unknown); digests add ``events``, ``count`` and ``group``."""
     metadata = event.get("metadata") or {}
+    name = metadata.get("event_name", "")
+    if not name and is_caliper_event(event):
+        name = caliper_name(event)
     return {
         "event": event,
         "metadata": metadata,
         "body": event.get("body") or {},
         "previous": previous,
         "event_id": event_id,
-        "event_name": metadata.get("event_name", ""),
+        "event_name": name,
         "rule": rule,
         "channel": channel,
         "now": datetime.now().astimezone(),

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from router import __version__
 from router.admin import COOKIE, bearer_ok, cookie_ok, csrf_value, same, session_value
-from router.appkeys import DISPATCHER, LIVE, METRICS, PLUGINS, RELOAD, SETTINGS, STORE
+from router.appkeys import DISPATCHER, LIVE, METRICS, PLUGINS, RELOAD, SETTINGS, SOURCES, STORE
 from router.redact import Redactor
 
 __all__ = ["status_page"]
@@ -194,6 +194,22 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
             }
         )
 
+    by_source = metrics.by_label("router_source_messages_total", "source", "outcome")
+    by_source_events = metrics.by_label("router_source_events_total", "source", "outcome")
+    sources = [
+        {
+            "name": name,
+            **status,
+            "detail": redact(status["detail"]),
+            "received": by_source.get((name, "received"), 0.0),
+            "invalid": by_source.get((name, "invalid"), 0.0),
+            "receive_errors": by_source.get((name, "receive_error"), 0.0),
+            "accepted": by_source_events.get((name, "accepted"), 0.0),
+            "duplicate": by_source_events.get((name, "duplicate"), 0.0),
+        }
+        for name, status in app[SOURCES].status().items()
+    ]
+
     events = await store.recent_events(RECENT_EVENTS)
     reload = app[RELOAD]
     flash = []
@@ -210,6 +226,7 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
         "rules_file": rules.file,
         "throughput": throughput,
         "channels": channels,
+        "sources": sources,
         "events": events,
         "dead_letters": dead[:DEAD_LETTERS],
         "dead_total": int(queues["dead"]),
