@@ -235,12 +235,15 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready to accept: store reachable, rules loaded, not draining."""
     app = request.app
+    sources = app[SOURCES].status() if SOURCES in app else {}
     if app[DRAINING].is_set():
-        return problem(503, "draining", state="draining")
+        return problem(503, "draining", state="draining", sources=sources)
     try:
         counts = await asyncio.wait_for(app[STORE].counts(), timeout=5)
     except Exception as exc:
-        return problem(503, f"store unreachable: {type(exc).__name__}", state="unready")
+        return problem(
+            503, f"store unreachable: {type(exc).__name__}", state="unready", sources=sources
+        )
     return web.json_response(
         {
             "state": "ready",
@@ -249,6 +252,6 @@ async def readyz(request: web.Request) -> web.Response:
             "events_pending": counts.events_pending,
             "deliveries_pending": counts.deliveries_pending,
             "dead_letters": counts.dead,
-            "sources": app[SOURCES].status(),
+            "sources": sources,
         }
     )

@@ -91,12 +91,9 @@ class IngestGate:
         return [Submitted(answer.id, answer.duplicate) for answer in answers]
 
     async def wait_until_ready(self) -> None:
-        if self.draining.is_set():
-            # The service is stopping and cancels every source: wait for that.
-            await asyncio.Event().wait()
-        left = self._paused_until - time.monotonic()
-        if left > 0:
-            await asyncio.sleep(left)
+        # Polled: the store's pause is a deadline, not an event anyone sets.
+        while (refusal := self.unavailable()) is not None:  # noqa: ASYNC110
+            await asyncio.sleep(min(refusal.retry_after, 1.0))
 
 
 @dataclass
