@@ -99,7 +99,8 @@ def serve(**options: Any) -> None:
 
     \b
     Other settings, environment only:
-      ROUTER_INGEST_TOKEN    bearer token required on POST /events
+      ROUTER_INGEST_TOKEN    bearer token required on POST /events (or in the path:
+                             POST /events/<token>, for Canvas HTTPS subscriptions)
       ROUTER_ADMIN_TOKEN     enables the admin API under /-/ (reload, deliveries, dead
                              letters), bearer token; also guards the status page
       ROUTER_RETENTION       keep delivered deliveries and routed events this long (7d)
@@ -211,7 +212,11 @@ def startup_summary(settings: Settings, app: web.Application) -> dict[str, str]:
         "plugins": ", ".join(f"{i.name} {i.version or ''}".strip() for i in plugins.infos)
         + "".join(f"; FAILED {problem}" for problem in plugins.problems),
         "ingest": "POST /events"
-        + (" (needs ROUTER_INGEST_TOKEN)" if settings.ingest_token else " (no token required)"),
+        + (
+            " (needs ROUTER_INGEST_TOKEN, as a bearer token or POST /events/<token>)"
+            if settings.ingest_token
+            else " (no token required)"
+        ),
         "operations": f"status page {base}/"
         + (" (admin token required)" if admin else "")
         + f", metrics {base}/metrics, {base}/healthz, {base}/readyz",

@@ -198,7 +198,10 @@ class Ingest:
                 )
             except JwtError as exc:
                 return problem(401, f"signature rejected: {exc}")
-            return parse_body_or_error(_claims_bytes(claims), ndjson=False, max_items=1)
+            # The claims are one event, or a Caliper envelope of several.
+            return parse_body_or_error(
+                _claims_bytes(claims), ndjson=False, max_items=settings.max_batch_items
+            )
         if settings.require_signed:
             return problem(401, "only signed (JWT) deliveries are accepted")
         if ctype in NDJSON_TYPES:
