@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
 
 from router.appkeys import DRAINING, LIVE
@@ -282,3 +284,64 @@ def test_region_comes_from_the_queue_url() -> None:
     assert SqsConfig(queue_url=url).region_name() == "eu-west-1"
     assert SqsConfig(queue_url=url, region="us-east-2").region_name() == "us-east-2"
     assert SqsConfig(queue_url="http://127.0.0.1:4566/1/q").region_name() is None
+
+
+class FailingDeletes:
+    """An HTTP proxy in front of moto that answers the first ``DeleteMessageBatch`` as
+    SQS does when it fails entries on its side: 200 with every entry in ``Failed``
+    (``SenderFault: false``); everything else is forwarded unchanged."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.failed_calls = 0
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        target = request.headers.get("X-Amz-Target", "")
+        if target.endswith(".DeleteMessageBatch") and self.failed_calls == 0:
+            self.failed_calls += 1
+            entries = json.loads(body)["Entries"]
+            failed = [
+                {"Id": e["Id"], "SenderFault": False, "Code": "InternalError", "Message": "later"}
+                for e in entries
+            ]
+            return web.json_response(
+                {"Successful": [], "Failed": failed}, content_type="application/x-amz-json-1.0"
+            )
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host",)}
+        async with aiohttp.ClientSession() as session:
+            async with session.request(
+                request.method, self.upstream + request.path_qs, data=body, headers=headers
+            ) as resp:
+                data = await resp.read()
+                return web.Response(body=data, status=resp.status, content_type=resp.content_type)
+
+
+async def test_failed_delete_entries_are_retried(
+    moto: MotoServer, sqs: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = await make_queue(sqs)
+    proxy = FailingDeletes(moto.url)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    proxy.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    caplog.set_level(logging.WARNING, logger="router.source.canvas")
+    try:
+        await send_all(sqs, queue, [orjson.dumps(example("course_created")).decode()])
+        async with run_router(rules(queue, proxy.url, receivers=1)) as router:
+            [delivery] = await delivered(router, 1)
+
+            async def deleted() -> bool:
+                return await metric(router, 'router_source_messages_total{outcome="deleted"') == 1
+
+            await wait_for(deleted, 15, "the message deleted on the second try")
+            assert await queue_counts(sqs, queue) == (0, 0)
+    finally:
+        await runner.cleanup()
+    assert proxy.failed_calls == 1
+    assert delivery.event_name == "course_created"
+    assert "InternalError" in caplog.text
