@@ -9,7 +9,6 @@ item of ``data`` is stored as an event of its own, named by ``router.caliper``.
 
 import hashlib
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -17,6 +16,7 @@ import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from router.caliper import caliper_name, is_caliper_envelope
+from router.sources import BadRequest, InvalidEvents, ItemError, ParsedEvent
 
 __all__ = [
     "BadRequest",
@@ -87,37 +87,6 @@ class Event(BaseModel):
     def name(self) -> str:
         """The event name (``metadata.event_name``)."""
         return self.metadata.event_name
-
-
-@dataclass(slots=True)
-class ParsedEvent:
-    """An accepted event, ready to store: its identity, name and canonical JSON.
-    (Built once per event on the hot path, after validation: a plain dataclass, not a
-    frozen one, which would cost several times as much to build.)"""
-
-    id: str
-    name: str
-    payload: bytes
-
-
-class ItemError(BaseModel):
-    """One problem with one item of a request body."""
-
-    index: int
-    field: str
-    message: str
-
-
-class BadRequest(Exception):
-    """The body cannot be read at all (HTTP 400): malformed JSON or NDJSON."""
-
-
-class InvalidEvents(Exception):
-    """Valid JSON that is not a valid event or batch (HTTP 422), every problem listed."""
-
-    def __init__(self, errors: list[ItemError]) -> None:
-        super().__init__("; ".join(f"[{e.index}] {e.field}: {e.message}" for e in errors))
-        self.errors = errors
 
 
 class TooManyItems(Exception):

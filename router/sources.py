@@ -16,18 +16,53 @@ from typing import ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from router.events import BadRequest, InvalidEvents, ParsedEvent
-
 __all__ = [
     "BadRequest",
     "IngestUnavailable",
     "InvalidEvents",
+    "ItemError",
     "ParsedEvent",
     "Source",
     "SourceConfig",
     "SourceHost",
     "Submitted",
 ]
+
+
+# What a source submits and what parsing raises. They live here, in the plugin
+# contract, and ``router.events`` (the parser) uses them: the contract imports nothing
+# of the engine.
+
+
+@dataclass(slots=True)
+class ParsedEvent:
+    """An accepted event, ready to store: its identity, name and canonical JSON.
+    (Built once per event on the hot path, after validation: a plain dataclass, not a
+    frozen one, which would cost several times as much to build.)"""
+
+    id: str
+    name: str
+    payload: bytes
+
+
+class ItemError(BaseModel):
+    """One problem with one item of a request body."""
+
+    index: int
+    field: str
+    message: str
+
+
+class BadRequest(Exception):
+    """The body cannot be read at all (HTTP 400): malformed JSON or NDJSON."""
+
+
+class InvalidEvents(Exception):
+    """Valid JSON that is not a valid event or batch (HTTP 422), every problem listed."""
+
+    def __init__(self, errors: list[ItemError]) -> None:
+        super().__init__("; ".join(f"[{e.index}] {e.field}: {e.message}" for e in errors))
+        self.errors = errors
 
 
 class SourceConfig(BaseModel):
