@@ -181,13 +181,12 @@ def bench_events(n: int) -> list[dict[str, Any]]:
 
 async def run_router(n: int, concurrency: int, url: str, timeout: float) -> dict[str, Any]:
     """Route N events into pending deliveries, then time the dispatcher delivering them."""
-    from router.app import build_router
     from router.dispatch import Dispatcher, RetryPolicy, close_channels, open_channels
     from router.events import canonical_json, event_identity
     from router.hookspecs import hookimpl
     from router.plugins import load_plugins
     from router.redact import Redactor
-    from router.routing import RoutingWorker
+    from router.routing import RoutingWorker, build_router
     from router.settings import Settings
     from router.store import open_store
 

@@ -13,12 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 from router import IngestUnavailable, Source, SourceConfig, SourceHost, hookimpl
-from router.appkeys import METRICS, STORE
 from router.cli import cli
 from router.config_source import ConfigErrors
 from router.events import parse_body
+from router.http.keys import METRICS, STORE
+from router.http.reload import reload_now
 from router.plugins import load_plugins
-from router.reload import reload_rules
 from router.rules import load_rules
 from router.source_manager import IngestGate
 from router.testing import RouterHarness, event, run_router
@@ -163,7 +163,7 @@ async def test_a_reload_restarts_only_the_sources_that_changed(tmp_path: Path) -
 
         await until(three_started)
         (tmp_path / "rules.yaml").write_text(after.replace("\n        ", "\n"))
-        status = await reload_rules(router.app, "test")
+        status = await reload_now(router.app, "test")
         assert status.ok, status.errors
 
         async def five_started() -> bool:

@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from router.appkeys import DRAINING, LIVE
 from router.cli import cli
+from router.http.keys import DRAINING, LIVE
 from router.testing import RouterHarness, run_router
 from tests.conftest import all_examples, example
 from tests.sqs_server import (

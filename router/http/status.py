@@ -19,8 +19,17 @@ import jinja2
 from aiohttp import web
 
 from router import __version__
-from router.admin import COOKIE, bearer_ok, cookie_ok, csrf_value, same, session_value
-from router.appkeys import DISPATCHER, LIVE, METRICS, PLUGINS, RELOAD, SETTINGS, SOURCES, STORE
+from router.http.auth import COOKIE, bearer_ok, cookie_ok, csrf_value, same, session_value
+from router.http.keys import (
+    DISPATCHER,
+    LIVE,
+    METRICS,
+    PLUGINS,
+    RELOAD,
+    SETTINGS,
+    SOURCES,
+    STORE,
+)
 from router.redact import Redactor
 
 __all__ = ["status_page"]

@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from router.appkeys import DRAINING, JWKS, METRICS, PRESSURE, ROUTING, SETTINGS, STORE
 from router.canvas_jwt import JwksVerifier, JwtError, KeysUnavailable
 from router.events import (
     BadRequest,
@@ -23,6 +22,7 @@ from router.events import (
     TooManyItems,
     parse_body,
 )
+from router.http.keys import DRAINING, JWKS, METRICS, PRESSURE, ROUTING, SETTINGS, STORE
 from router.routing import RoutingWorker
 from router.store import Store
 
