@@ -2,11 +2,23 @@
 
 Plugin authors import everything they need from here::
 
-    from router import hookimpl, Channel, Message, PermanentError, RetryableError
-    from router import Source, SourceConfig, SourceHost, IngestUnavailable
+    from router import (
+        Channel, ChannelConfig, DeliveryOutcome, Message, PermanentError, RetryableError,
+        hookimpl, retry_after_seconds,
+    )
+    from router import IngestUnavailable, Source, SourceConfig, SourceHost, Submitted
 """
 
-from router.channels import Channel, DeliveryError, Message, PermanentError, RetryableError
+from router.channels import (
+    Channel,
+    ChannelConfig,
+    DeliveryError,
+    DeliveryOutcome,
+    Message,
+    PermanentError,
+    RetryableError,
+    retry_after_seconds,
+)
 from router.hookspecs import hookimpl
 from router.sources import (
     BadRequest,
@@ -24,7 +36,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BadRequest",
     "Channel",
+    "ChannelConfig",
     "DeliveryError",
+    "DeliveryOutcome",
     "IngestUnavailable",
     "InvalidEvents",
     "Message",
@@ -37,4 +51,5 @@ __all__ = [
     "Submitted",
     "__version__",
     "hookimpl",
+    "retry_after_seconds",
 ]

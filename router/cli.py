@@ -18,9 +18,10 @@ from router.dryrun import DryRunError, EventReport, dry_run
 from router.http.app import create_app
 from router.http.keys import LIVE, PLUGINS
 from router.logs import setup_logging, update_redactor
+from router.outbox import PluginRaised, is_raw_event, log_only_reason
 from router.plugins import Plugins, load_plugins
 from router.redact import Redactor
-from router.routing import build_router, is_raw_event
+from router.routing import build_router
 from router.rules import RuleSet
 from router.settings import Settings
 from router.store import StoreOpenError, served, sqlite_path
@@ -178,10 +179,10 @@ def startup_summary(settings: Settings, app: web.Application) -> dict[str, str]:
     log_only = []
     for name, channel in rules.channels.items():
         try:
-            instance = channel.type.cls(name, channel.config)
-            reason = "log_only: true" if channel.options.log_only else instance.log_only_reason()
-        except Exception as exc:  # a plugin's own code
-            reason = f"cannot tell: {type(exc).__name__}"
+            reason = log_only_reason(channel, channel.type.cls(name, channel.config))
+        except Exception as exc:  # a plugin's own code: its type only (its text may hold a secret)
+            cause = exc.__cause__ if isinstance(exc, PluginRaised) else exc
+            reason = f"cannot tell: {type(cause).__name__}"
         if reason:
             log_only.append(f"{name} ({reason})")
     base = f"http://{settings.host}:{settings.port}"

@@ -26,9 +26,10 @@ from router.delivery_queries import (
     parse_since,
     record_dict,
 )
+from router.outbox import is_raw_event
 from router.plugins import load_plugins
 from router.redact import Redactor
-from router.routing import build_router, is_raw_event
+from router.routing import build_router
 from router.store import DeliveryRecord, Store, open_store
 
 __all__ = ["deliveries", "dlq"]

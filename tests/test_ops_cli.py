@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from router.cli import cli
-from router.routing import NOT_RENDERED
+from router.outbox import NOT_RENDERED
 from router.store import NewDelivery, RoutedEvent
 from router.store.sqlite import SqliteStore
 from tests.conftest import ServiceFactory, example, webhook_rules

@@ -26,8 +26,15 @@ from pydantic import (
     model_validator,
 )
 
-from router import Channel, DeliveryError, Message, PermanentError, RetryableError, hookimpl
-from router.channels import ChannelConfig
+from router import (
+    Channel,
+    ChannelConfig,
+    DeliveryError,
+    Message,
+    PermanentError,
+    RetryableError,
+    hookimpl,
+)
 
 __version__ = "0.1.0"
 
