@@ -95,6 +95,7 @@ class Router:
             channel="",
             previous=None if previous is None else previous.get("body"),
             default_time_zone=self.rules.defaults.time_zone,
+            display_time_zone=self.rules.defaults.display_time_zone,
         )
         # A Caliper event looks for its own templates (course_created.caliper.j2) before
         # the defaults: the Canvas form's templates read fields it does not have.
@@ -197,6 +198,7 @@ class Router:
             channel="",
             previous=None,
             default_time_zone=self.rules.defaults.time_zone,
+            display_time_zone=self.rules.defaults.display_time_zone,
         )
         variables.update(events=events, count=len(events), group=orjson.loads(digest.group))
         jobs = []
@@ -219,6 +221,7 @@ def build_router(settings: Settings, plugins: Plugins) -> Router:
         settings.rules,
         plugins.channel_types,
         templates=templates,
+        max_attempts=settings.max_attempts,
         source_types=plugins.source_types,
     )
     return Router(rules, templates)
