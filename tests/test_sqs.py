@@ -3,6 +3,7 @@
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -287,19 +288,23 @@ def test_region_comes_from_the_queue_url() -> None:
 
 
 class FailingDeletes:
-    """An HTTP proxy in front of moto that answers the first ``DeleteMessageBatch`` as
-    SQS does when it fails entries on its side: 200 with every entry in ``Failed``
-    (``SenderFault: false``); everything else is forwarded unchanged."""
+    """An HTTP proxy in front of moto that records each call's action and answers the
+    first ``DeleteMessageBatch`` (if ``fail``) as SQS does when it fails entries on its
+    side: 200 with every entry in ``Failed`` (``SenderFault: false``); everything else
+    is forwarded unchanged."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, fail: bool = True) -> None:
         self.upstream = upstream
+        self.fail = fail
         self.failed_calls = 0
+        self.actions: list[str] = []
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         target = request.headers.get("X-Amz-Target", "")
-        if target.endswith(".DeleteMessageBatch") and self.failed_calls == 0:
+        self.actions.append(target.rpartition(".")[2])
+        if target.endswith(".DeleteMessageBatch") and self.fail and self.failed_calls == 0:
             self.failed_calls += 1
             entries = json.loads(body)["Entries"]
             failed = [
@@ -318,17 +323,22 @@ class FailingDeletes:
                 return web.Response(body=data, status=resp.status, content_type=resp.content_type)
 
 
-async def test_failed_delete_entries_are_retried(
-    moto: MotoServer, sqs: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    queue = await make_queue(sqs)
-    proxy = FailingDeletes(moto.url)
+async def start_proxy(proxy: FailingDeletes) -> web.AppRunner:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     proxy.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    return runner
+
+
+async def test_failed_delete_entries_are_retried(
+    moto: MotoServer, sqs: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = await make_queue(sqs)
+    proxy = FailingDeletes(moto.url)
+    runner = await start_proxy(proxy)
     caplog.set_level(logging.WARNING, logger="router.source.canvas")
     try:
         await send_all(sqs, queue, [orjson.dumps(example("course_created")).decode()])
@@ -345,3 +355,45 @@ async def test_failed_delete_entries_are_retried(
     assert proxy.failed_calls == 1
     assert delivery.event_name == "course_created"
     assert "InternalError" in caplog.text
+
+
+async def test_visibility_is_extended_while_a_slow_commit_runs(
+    moto: MotoServer, sqs: Any, tmp_path: Path
+) -> None:
+    """The store is locked by another writer for longer than the visibility timeout:
+    the batch stays hidden (extended) until its commit, so no other receiver gets it."""
+    queue = await make_queue(sqs)
+    proxy = FailingDeletes(moto.url, fail=False)
+    runner = await start_proxy(proxy)
+    text = rules(queue, proxy.url, receivers=2, visibility_timeout=2)
+    try:
+        async with run_router(text, directory=tmp_path) as router:
+
+            async def running() -> bool:
+                return (await source_status(router))["state"] == "running"
+
+            await wait_for(running, 15, "the source to run")
+            # Another writer holds the store for 3.5 s: longer than the 2 s visibility
+            # timeout, shorter than the store's 5 s busy timeout (then it would fail).
+            # Nothing asks the router anything meanwhile (/metrics reads the store too).
+            blocker = sqlite3.connect(tmp_path / "router.db", isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            try:
+                await send_all(sqs, queue, [orjson.dumps(example("course_created")).decode()])
+                await asyncio.sleep(3.5)
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            [delivery] = await delivered(router, 1)
+
+            async def deleted() -> bool:
+                return await metric(router, 'router_source_messages_total{outcome="deleted"') == 1
+
+            await wait_for(deleted, 15, "the message deleted")
+            # Hidden all along: the other receiver never got it a second time.
+            assert await metric(router, 'router_source_messages_total{outcome="received"') == 1
+            assert await metric(router, 'router_source_events_total{outcome="duplicate"') == 0
+    finally:
+        await runner.cleanup()
+    assert delivery.event_name == "course_created"
+    assert "ChangeMessageVisibilityBatch" in proxy.actions

@@ -53,7 +53,7 @@ class SqsConfig(SourceConfig):
     wait_time_seconds: int = Field(20, ge=0, le=20, description="long polling wait")
     max_messages: int = Field(10, ge=1, le=10, description="messages per receive call")
     visibility_timeout: int = Field(
-        30, ge=5, le=43200, description="seconds a batch stays hidden; extended while committing"
+        30, ge=2, le=43200, description="seconds a batch stays hidden; extended while committing"
     )
     access_key_id: str | None = None
     secret_access_key: SecretStr | None = None
