@@ -59,7 +59,7 @@ def rules(queue_url: str, endpoint: str, **extra: Any) -> str:
         "endpoint_url": endpoint,
         "region": "us-east-1",
         "wait_time_seconds": 1,
-        "visibility_timeout": 5,
+        "visibility_timeout": 10,
         **extra,
     }
     return f"""
@@ -112,8 +112,13 @@ async def test_every_example_event_is_delivered_and_deleted(moto: MotoServer, sq
             return await queue_counts(sqs, queue) == (0, 0)
 
         await wait_for(drained, 15, "every message deleted after its commit")
-        assert await metric(router, 'router_source_messages_total{outcome="received"') == expected
-        assert await metric(router, 'router_source_messages_total{outcome="deleted"') == expected
+        # At least once: on a loaded machine a message may come back before its delete
+        # (then it is received again, answered as a duplicate and deleted).
+        received = await metric(router, 'router_source_messages_total{outcome="received"')
+        deleted = await metric(router, 'router_source_messages_total{outcome="deleted"')
+        duplicates = await metric(router, 'router_source_events_total{outcome="duplicate"')
+        assert received >= expected and deleted >= expected
+        assert received - expected == duplicates
         status = await source_status(router)
     names = sorted(d.event_name for d in deliveries)
     want = sorted(
@@ -157,7 +162,7 @@ async def test_poison_messages_are_counted_logged_and_left_to_the_redrive_policy
         sqs, queue, ['{"metadata": {}}', orjson.dumps(example("course_created")).decode()]
     )
     caplog.set_level(logging.WARNING, logger="router.source.canvas")
-    async with run_router(rules(queue, moto.url, receivers=1)) as router:
+    async with run_router(rules(queue, moto.url, receivers=1, visibility_timeout=5)) as router:
         [delivery] = await delivered(router, 1)  # the good one never waits for the bad
         assert delivery.event_name == "course_created"
 

@@ -189,20 +189,23 @@ class SqsSource(Source):
             events.extend(parsed)
         if not good:
             return
+        # Hidden until deleted: extended while the commit and the delete run.
         keeper = asyncio.create_task(self._keep_hidden(client, config, good))
         try:
-            answers = await host.submit(events)
-        except IngestUnavailable as exc:
-            host.set_state("waiting", str(exc))
-            await self._release(client, config, good, exc.retry_after)
-            return
+            try:
+                answers = await host.submit(events)
+            except IngestUnavailable as exc:
+                keeper.cancel()
+                host.set_state("waiting", str(exc))
+                await self._release(client, config, good, exc.retry_after)
+                return
+            duplicates = sum(answer.duplicate for answer in answers)
+            if duplicates:
+                host.log.info("%d event(s) were repeats of events already stored", duplicates)
+            await self._delete(client, host, config, good)
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
-        duplicates = sum(answer.duplicate for answer in answers)
-        if duplicates:
-            host.log.info("%d event(s) were repeats of events already stored", duplicates)
-        await self._delete(client, host, config, good)
 
     async def _keep_hidden(
         self, client: Any, config: SqsConfig, messages: list[dict[str, Any]]
