@@ -6,6 +6,7 @@ Plugin authors import everything they need from here::
         Channel, ChannelConfig, DeliveryOutcome, Message, PermanentError, RetryableError,
         hookimpl, retry_after_seconds,
     )
+    from router import IngestUnavailable, Source, SourceConfig, SourceHost, Submitted
 """
 
 from router.channels import (
@@ -19,17 +20,35 @@ from router.channels import (
     retry_after_seconds,
 )
 from router.hookspecs import hookimpl
+from router.sources import (
+    BadRequest,
+    IngestUnavailable,
+    InvalidEvents,
+    ParsedEvent,
+    Source,
+    SourceConfig,
+    SourceHost,
+    Submitted,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BadRequest",
     "Channel",
     "ChannelConfig",
     "DeliveryError",
     "DeliveryOutcome",
+    "IngestUnavailable",
+    "InvalidEvents",
     "Message",
+    "ParsedEvent",
     "PermanentError",
     "RetryableError",
+    "Source",
+    "SourceConfig",
+    "SourceHost",
+    "Submitted",
     "__version__",
     "hookimpl",
     "retry_after_seconds",

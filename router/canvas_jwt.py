@@ -35,8 +35,14 @@ class JwtError(Exception):
 
 
 class KeysUnavailable(JwtError):
-    """The token could not be checked: the JWKS could not be fetched. Not the sender's
-    fault, and it may pass later: ingest answers 503, not 401."""
+    """The token could not be checked: the JWKS could not be fetched, or the token's
+    ``kid`` is unknown while refetches are rate limited (Canvas may just have published
+    the key). Not the sender's fault, and it may pass later: ingest answers 503 with
+    ``Retry-After`` (``retry_after`` seconds, when known), not 401."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class _JwksUnavailable(Exception):
@@ -119,14 +125,24 @@ class JwksVerifier:
         if not isinstance(kid, str) or not kid:
             raise JwtError("token has no kid")
 
+        fetched_before = self._fetched_at
         keys = await self._current_keys()
         key = _find_key(keys, kid)
         if key is None:
+            if self._fetched_at != fetched_before:
+                # The set was fetched for this very token: the kid is not Canvas'.
+                raise JwtError("unknown signing key")
             keys = await self._keys_for_unknown_kid()
-            if keys is None and not self._last_fetch_ok:
-                # No refetch allowed yet and the latest attempt failed: the key may exist.
-                raise KeysUnavailable("signing keys unavailable")
-            key = _find_key(keys, kid) if keys is not None else None
+            if keys is None:
+                # No refetch allowed yet: the key may be one just published. Canvas
+                # retries a 503; a 401 would count against the subscription.
+                reason = (
+                    "signing keys unavailable"
+                    if not self._last_fetch_ok
+                    else ("unknown signing key; the key set was fetched moments ago")
+                )
+                raise KeysUnavailable(reason, retry_after=self._refetch_in())
+            key = _find_key(keys, kid)
             if key is None:
                 raise JwtError("unknown signing key")
 
@@ -219,6 +235,12 @@ class JwksVerifier:
             return await self._fetch_shared()
         except _JwksUnavailable:
             raise KeysUnavailable("signing keys unavailable") from None
+
+    def _refetch_in(self) -> float:
+        """Seconds until the rate limit allows the next fetch."""
+        if self._attempted_at is None:
+            return 0.0
+        return max(0.0, self._min_refetch_seconds - (self._clock() - self._attempted_at))
 
     def _may_fetch(self, now: float) -> bool:
         return self._attempted_at is None or now - self._attempted_at >= self._min_refetch_seconds

@@ -98,7 +98,8 @@ def serve(**options: Any) -> None:
 
     \b
     Other settings, environment only:
-      ROUTER_INGEST_TOKEN    bearer token required on POST /events
+      ROUTER_INGEST_TOKEN    bearer token required on POST /events (or in the path:
+                             POST /events/<token>, for Canvas HTTPS subscriptions)
       ROUTER_ADMIN_TOKEN     enables the admin API under /-/ (reload, deliveries, dead
                              letters), bearer token; also guards the status page
       ROUTER_RETENTION       keep delivered deliveries and routed events this long (7d)
@@ -204,11 +205,17 @@ def startup_summary(settings: Settings, app: web.Application) -> dict[str, str]:
         "rules_file": f"{settings.rules} ({len(rules.rules)} rules)"
         f"; templates {settings.templates}",
         "channels": ", ".join(f"{n} ({c.type.name})" for n, c in rules.channels.items()) or "none",
+        "sources": ", ".join(f"{n} ({s.type.name})" for n, s in rules.sources.items())
+        or "none besides POST /events",
         "log_only": ", ".join(log_only) or "none: every channel sends for real",
         "plugins": ", ".join(f"{i.name} {i.version or ''}".strip() for i in plugins.infos)
         + "".join(f"; FAILED {problem}" for problem in plugins.problems),
         "ingest": "POST /events"
-        + (" (needs ROUTER_INGEST_TOKEN)" if settings.ingest_token else " (no token required)"),
+        + (
+            " (needs ROUTER_INGEST_TOKEN, as a bearer token or POST /events/<token>)"
+            if settings.ingest_token
+            else " (no token required)"
+        ),
         "operations": f"status page {base}/"
         + (" (admin token required)" if admin else "")
         + f", metrics {base}/metrics, {base}/healthz, {base}/readyz",
@@ -284,7 +291,10 @@ def validate(
     if strict and warnings:
         click.echo(f"{warnings} warning(s), and --strict", err=True)
         sys.exit(1)
-    click.echo(f"{settings.rules}: OK ({len(rules.rules)} rules, {len(rules.channels)} channels)")
+    sources = f", {len(rules.sources)} sources" if rules.sources else ""
+    click.echo(
+        f"{settings.rules}: OK ({len(rules.rules)} rules, {len(rules.channels)} channels{sources})"
+    )
 
 
 @cli.command("test")
@@ -455,15 +465,18 @@ def _print_report(report: EventReport, explain: bool) -> None:
 @cli.command()
 @click.option("--plugins-dir", type=click.Path(path_type=Path, file_okay=False))
 def plugins(plugins_dir: Path | None) -> None:
-    """List loaded plugins with their versions, hooks and channel types."""
+    """List loaded plugins with their versions, hooks, channel and source types."""
     settings = settings_from_options(plugins_dir=plugins_dir)
     loaded = load_plugins(plugins_dir=settings.plugins_dir, blocked=settings.plugins_block)
     for info in loaded.infos:
         channels = [t.name for t in loaded.channel_types.values() if t.plugin == info.name]
+        sources = [t.name for t in loaded.source_types.values() if t.plugin == info.name]
         click.echo(f"{info.name} {info.version or '-'}  ({info.source})")
         click.echo(f"    hooks: {', '.join(info.hooks) or 'none'}")
         if channels:
             click.echo(f"    channel types: {', '.join(channels)}")
+        if sources:
+            click.echo(f"    source types: {', '.join(sources)}")
     for problem in loaded.problems:
         click.echo(f"FAILED {problem}")
     if loaded.problems:

@@ -2,17 +2,21 @@
 
 Canvas Live Events are ``{"metadata": {...}, "body": {...}}``. Fields come and go,
 so the models keep every unknown field; only a payload that is not a JSON object or
-has no ``metadata.event_name`` is rejected.
+has no ``metadata.event_name`` is rejected. Canvas' other format, IMS Caliper 1.1,
+comes as an envelope ``{"sensor", "sendTime", "dataVersion", "data": [...]}``: each
+item of ``data`` is stored as an event of its own, named by ``router.caliper``.
 """
 
 import hashlib
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from router.caliper import caliper_name, is_caliper_envelope
+from router.sources import BadRequest, InvalidEvents, ItemError, ParsedEvent
 
 __all__ = [
     "BadRequest",
@@ -85,37 +89,6 @@ class Event(BaseModel):
         return self.metadata.event_name
 
 
-@dataclass(slots=True)
-class ParsedEvent:
-    """An accepted event, ready to store: its identity, name and canonical JSON.
-    (Built once per event on the hot path, after validation: a plain dataclass, not a
-    frozen one, which would cost several times as much to build.)"""
-
-    id: str
-    name: str
-    payload: bytes
-
-
-class ItemError(BaseModel):
-    """One problem with one item of a request body."""
-
-    index: int
-    field: str
-    message: str
-
-
-class BadRequest(Exception):
-    """The body cannot be read at all (HTTP 400): malformed JSON or NDJSON."""
-
-
-class InvalidEvents(Exception):
-    """Valid JSON that is not a valid event or batch (HTTP 422), every problem listed."""
-
-    def __init__(self, errors: list[ItemError]) -> None:
-        super().__init__("; ".join(f"[{e.index}] {e.field}: {e.message}" for e in errors))
-        self.errors = errors
-
-
 class TooManyItems(Exception):
     """A batch with more items than allowed (HTTP 413)."""
 
@@ -179,8 +152,53 @@ def _accept(item: dict[str, Any]) -> ParsedEvent:
     )
 
 
+def _caliper_problems(index: int, position: int, item: Any) -> list[ItemError]:
+    """Why one item of a Caliper envelope's ``data`` is not an event."""
+    where = f"data[{position}]"
+    if not isinstance(item, dict):
+        message = f"a Caliper event must be a JSON object, got {type(item).__name__}"
+        return [ItemError(index=index, field=where, message=message)]
+    return [
+        ItemError(index=index, field=f"{where}.{key}", message=message)
+        for key in ("type", "action")
+        for message in [_caliper_field_problem(item.get(key))]
+        if message
+    ]
+
+
+def _caliper_field_problem(value: Any) -> str | None:
+    if value is None:
+        return "is required"
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty string"
+    return None
+
+
+def _accept_caliper(item: dict[str, Any]) -> ParsedEvent:
+    canonical = canonical_json(item)
+    return ParsedEvent(id=event_identity(canonical), name=caliper_name(item), payload=canonical)
+
+
+def _events_of(index: int, item: Any) -> tuple[list[ParsedEvent], list[ItemError]]:
+    """The events one item of a body holds: itself, or each event of a Caliper envelope."""
+    if not is_caliper_envelope(item):
+        if _is_event(item):
+            return [_accept(item)], []
+        return [], _problems(index, item)
+    data = item["data"]
+    if not data:
+        return [], [ItemError(index=index, field="data", message="no events in envelope")]
+    errors = [
+        e for position, sub in enumerate(data) for e in _caliper_problems(index, position, sub)
+    ]
+    if errors:
+        return [], errors
+    return [_accept_caliper(sub) for sub in data], []
+
+
 def parse_body(data: bytes, *, ndjson: bool, max_items: int) -> list[ParsedEvent]:
-    """Parse a request body: one event, a JSON array of events, or NDJSON.
+    """Parse a request body: one event, a JSON array of events, or NDJSON; any item
+    may be a Caliper envelope, which stands for each event in its ``data``.
 
     All or nothing: raises ``BadRequest`` (unreadable), ``TooManyItems`` or
     ``InvalidEvents`` listing every bad item by index and field.
@@ -198,11 +216,16 @@ def parse_body(data: bytes, *, ndjson: bool, max_items: int) -> list[ParsedEvent
     accepted: list[ParsedEvent] = []
     errors: list[ItemError] = []
     for index, item in enumerate(items):
-        problems = [] if _is_event(item) else _problems(index, item)
-        if problems:
-            errors.extend(problems)
-        elif not errors:
+        # The hot path: a plain Canvas event, checked without building a model.
+        if not errors and _is_event(item):
             accepted.append(_accept(item))
+            continue
+        events, problems = _events_of(index, item)
+        errors.extend(problems)
+        if not errors:
+            accepted.extend(events)
     if errors:
         raise InvalidEvents(errors)
+    if len(accepted) > max_items:
+        raise TooManyItems(f"batch has {len(accepted)} events; the limit is {max_items}")
     return accepted

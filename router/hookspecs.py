@@ -12,6 +12,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from router.channels import Channel, DeliveryOutcome
+    from router.sources import Source
 
 __all__ = ["hookimpl", "hookspec"]
 
@@ -35,6 +36,28 @@ def register_channels(register: "Callable[[type[Channel]], None]") -> None:
         @hookimpl
         def register_channels(register):
             register(TeamsChannel)
+    """
+
+
+@hookspec
+def register_sources(register: "Callable[[type[Source]], None]") -> None:
+    """Register source types: call ``register(SourceClass)`` once per type provided.
+
+    Called once when plugins load. The class must subclass ``router.Source`` and set
+    ``type`` (the name used as ``type:`` under ``sources:`` in rules.yaml) and
+    ``Config`` (a ``router.SourceConfig`` model that validates the source's settings
+    when the rules file loads), and implement ``async run(host)``: receive events,
+    ``await host.submit(events)`` (it returns once they are committed) and only then
+    acknowledge them upstream. The host rejects duplicate type names and classes that
+    are not sources, naming the plugin.
+
+    :param register: host-owned callback taking one ``Source`` subclass.
+
+    Example::
+
+        @hookimpl
+        def register_sources(register):
+            register(SqsSource)
     """
 
 

@@ -36,17 +36,36 @@ GROUPS = ("all", "any", "not")
 
 
 def lookup(data: Any, path: str) -> Any:
-    """The value at a dotted path (``body.course.id``; list items by number), or MISSING."""
-    for part in path.split("."):
+    """The value at a dotted path (``body.course.id``; list items by number), or MISSING.
+
+    A key may itself hold dots: Caliper's ``extensions.com.instructure.canvas.hostname``
+    finds the key ``com.instructure.canvas`` (the longest key that is there wins).
+    """
+    parts = path.split(".")
+    index = 0
+    while index < len(parts):
+        part = parts[index]
         if isinstance(data, Mapping):
-            data = data.get(part, MISSING)
+            found = data.get(part, MISSING)
+            if found is MISSING:
+                return _dotted_key(data, parts, index)
+            data = found
         elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
             data = data[int(part)]
         else:
             return MISSING
-        if data is MISSING:
-            return MISSING
+        index += 1
     return data
+
+
+def _dotted_key(data: Mapping[str, Any], parts: list[str], index: int) -> Any:
+    """The rest of a lookup where ``parts[index]`` alone is no key: try the key made
+    of it and the parts after it (longest first), then go on from there."""
+    for end in range(len(parts), index + 1, -1):
+        found = data.get(".".join(parts[index:end]), MISSING)
+        if found is not MISSING:
+            return found if end == len(parts) else lookup(found, ".".join(parts[end:]))
+    return MISSING
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,26 @@ class Metrics:
         # Also answered 503, with Retry-After: neither is the sender's fault.
         self.store_failed = self.rejected_total.labels("store_failed")
         self.keys_unavailable = self.rejected_total.labels("keys_unavailable")
+        # -- sources (plugins that pull events: SQS, ...) --------------------------
+        self.source_messages = Counter(
+            "router_source_messages",
+            "Messages a source handled, by source and outcome: received, invalid (not an"
+            " event; left to the queue's redrive policy), deleted, delete_failed.",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.source_events = Counter(
+            "router_source_events",
+            "Events a source submitted, by source and outcome: accepted, duplicate.",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.source_running = Gauge(
+            "router_source_running",
+            "1 while a source is running without errors, 0 while it waits or fails.",
+            ["source"],
+            registry=r,
+        )
         # -- routing ---------------------------------------------------------------
         self.rule_matches = Counter(
             "router_rule_matches", "Events a rule fired for, by rule.", ["rule"], registry=r

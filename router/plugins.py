@@ -23,6 +23,7 @@ import pluggy
 from router import hookspecs
 from router.channels import HOST_KEYS, Channel, ChannelConfig, DeliveryOutcome
 from router.ratelimit import parse_rate
+from router.sources import Source, SourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,15 @@ class ChannelType:
 
 
 @dataclass(frozen=True)
+class SourceType:
+    """A registered source type and the plugin that provided it."""
+
+    name: str
+    cls: type[Source]
+    plugin: str
+
+
+@dataclass(frozen=True)
 class PluginProblem:
     """A plugin that could not be loaded or registered, and why."""
 
@@ -66,6 +76,7 @@ class Plugins:
     manager: pluggy.PluginManager
     infos: list[PluginInfo] = field(default_factory=list)
     channel_types: dict[str, ChannelType] = field(default_factory=dict)
+    source_types: dict[str, SourceType] = field(default_factory=dict)
     filters: dict[str, Callable[..., Any]] = field(default_factory=dict)
     problems: list[PluginProblem] = field(default_factory=list)
 
@@ -168,6 +179,7 @@ def load_plugins(
             plugins.infos = [info for info in plugins.infos if info.name != name]
 
     _collect_channels(plugins)
+    _collect_sources(plugins)
     _collect_filters(plugins)
     for problem in plugins.problems:
         log.error("%s", problem)
@@ -214,6 +226,40 @@ def _channel_problem(cls: object, known: dict[str, ChannelType]) -> str | None:
             parse_rate(cls.default_rate_limit)
         except ValueError as exc:
             return f"{cls.__name__}.default_rate_limit {cls.default_rate_limit!r}: {exc}"
+    return None
+
+
+def _collect_sources(plugins: Plugins) -> None:
+    for impl in plugins.manager.hook.register_sources.get_hookimpls():
+        plugin = impl.plugin_name
+
+        def register(cls: type[Source], plugin: str = plugin) -> None:
+            problem = _source_problem(cls, plugins.source_types)
+            if problem:
+                plugins.problems.append(PluginProblem(plugin, problem))
+                return
+            plugins.source_types[cls.type] = SourceType(cls.type, cls, plugin)
+
+        try:
+            plugins.call(impl, "register_sources", register=register)
+        except Exception as exc:
+            plugins.problems.append(PluginProblem(plugin, f"register_sources raised {exc!r}"))
+
+
+def _source_problem(cls: object, known: dict[str, SourceType]) -> str | None:
+    if not (inspect.isclass(cls) and issubclass(cls, Source)):
+        return f"registered {cls!r}, which is not a router.Source subclass"
+    name = getattr(cls, "type", None)
+    if not isinstance(name, str) or not name:
+        return f"source class {cls.__name__} has no 'type' name"
+    if name in known:
+        return f"source type {name!r} is already registered by plugin {known[name].plugin!r}"
+    if not (inspect.isclass(cls.Config) and issubclass(cls.Config, SourceConfig)):
+        return f"{cls.__name__}.Config must subclass router.SourceConfig"
+    if not inspect.iscoroutinefunction(cls.run) or cls.run is Source.run:
+        return f"{cls.__name__}.run must be an async method"
+    if "type" in cls.Config.model_fields:
+        return f"{cls.__name__}.Config declares 'type', which the router reads itself"
     return None
 
 

@@ -17,6 +17,8 @@ _PATTERNS = re.compile(
     r"(?:=|%3D))[^&\s\"']+"
     r"|(bearer\s+)[A-Za-z0-9._~+/=-]+"
     r"|(xox[abposr]-)[A-Za-z0-9-]+"
+    # POST /events/<token>: the ingest token in the path (Canvas cannot send a header).
+    r"|(/events/)[^/\s\"'?#]+"
 )
 
 
@@ -36,10 +38,16 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
-        # Every match of _PATTERNS holds "=", "%3d", "bearer" or "xox" (in any case).
-        # Most logged strings (ids, names, states) hold none, and these four searches
-        # cost a few percent of the regex's scan.
+        # Every match of _PATTERNS holds "=", "%3d", "bearer", "xox" or "/events/" (in
+        # any case). Most logged strings (ids, names, states) hold none, and these
+        # searches cost a few percent of the regex's scan.
         lowered = text.lower()
-        if "=" in lowered or "%3d" in lowered or "bearer" in lowered or "xox" in lowered:
+        if (
+            "=" in lowered
+            or "%3d" in lowered
+            or "bearer" in lowered
+            or "xox" in lowered
+            or "/events/" in lowered
+        ):
             return _PATTERNS.sub(_mask, text)
         return text

@@ -20,6 +20,7 @@ from router.logs import update_redactor
 from router.redact import Redactor
 from router.routing import Router
 from router.rules import UNKNOWN_CHANNEL_TYPE
+from router.source_manager import SourceManager
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ async def reload_rules(
     status: ReloadStatus,
     build: Callable[[], Router],
     trigger: str,
+    sources: SourceManager | None = None,
 ) -> ReloadStatus:
     """Validate the rules file and templates again (``build``, run in a thread) and, if
     they are good, ``swap`` them in. Records the outcome in ``status`` and returns it."""
@@ -108,6 +110,8 @@ async def reload_rules(
         status.ok, status.errors = True, []
         status.warnings = [str(warning) for warning in router.rules.warnings]
         status.succeeded += 1
+        if sources is not None:  # only the sources whose definition changed restart
+            await sources.apply(router.rules.sources)
         for warning in status.warnings:
             log.warning("rules file: %s", warning, extra={"trigger": trigger})
         log.info(

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from router.caliper import is_caliper_event
 from router.channels import DeliveryOutcome
 from router.matching import MISSING, MatchContext, lookup
 from router.metrics import Metrics
@@ -117,6 +118,9 @@ class Router:
             default_time_zone=self.rules.defaults.time_zone,
             display_time_zone=self.rules.defaults.display_time_zone,
         )
+        # A Caliper event looks for its own templates (course_created.caliper.j2) before
+        # the defaults: the Canvas form's templates read fields it does not have.
+        template_key = f"{event.name}.caliper" if is_caliper_event(payload) else event.name
         deliveries: list[NewDelivery] = []
         digests: list[DigestEntry] = []
         rendered: dict[tuple[str, str], dict[str, Any]] = {}
@@ -138,7 +142,7 @@ class Router:
                 continue
             throttle = self._throttle(rule, variables, now)
             for channel in rule.notify:
-                job = self._job(event, rule, channel, variables, throttle)
+                job = self._job(event, rule, channel, variables, throttle, template_key)
                 job = self._quieted(job, rule, event.name, ctx, silences, now)
                 deliveries.append(job)
                 if explain:
@@ -204,6 +208,7 @@ class Router:
         channel: str,
         variables: dict[str, Any],
         throttle: tuple[str, float] | None,
+        template_key: str,
     ) -> NewDelivery:
         """One delivery; a message that cannot be rendered is born dead with its error,
         so it lands in the dead letters instead of vanishing."""
@@ -212,7 +217,7 @@ class Router:
             definition = self.rules.channels[channel]
             if not renders_message(definition):
                 return NewDelivery(key, rule.name, channel, NOT_RENDERED, throttle=throttle)
-            name = self.templates.resolve(rule.template, event.name, definition.type.name)
+            name = self.templates.resolve(rule.template, template_key, definition.type.name)
             message = self._render(name, {**variables, "rule": rule.name, "channel": channel})
             return NewDelivery(key, rule.name, channel, message, throttle=throttle)
         except RenderError as exc:
@@ -305,6 +310,7 @@ def build_router(settings: Settings, plugins: Plugins) -> Router:
         plugins.channel_types,
         templates=templates,
         max_attempts=settings.max_attempts,
+        source_types=plugins.source_types,
     )
     return Router(rules, templates)
 

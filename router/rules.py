@@ -40,9 +40,10 @@ from router.config_source import (
     load_yaml,
 )
 from router.matching import MISSING, AllOf, MatchContext, PathCondition, compile_match, lookup
-from router.plugins import ChannelType
+from router.plugins import ChannelType, SourceType
 from router.quiet_hours import DuringMute, Mutes, MuteWindow, compile_window
 from router.ratelimit import parse_rate
+from router.sources import SourceConfig
 from router.templates import SUFFIX, Templates
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "RuleSet",
     "RuleSpec",
     "RulesFile",
+    "SourceDef",
     "Throttle",
     "load_rules",
     "parse_duration",
@@ -240,6 +242,7 @@ class RulesFile(BaseModel):
 
     version: Literal[1]
     defaults: Defaults = Field(default_factory=Defaults)
+    sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     rules: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -261,6 +264,17 @@ class ChannelDef:
     options: ChannelOptions
     config: ChannelConfig
     mutes: Mutes | None = None  # quiet hours, when the channel has ``mute:``
+
+
+@dataclass(frozen=True)
+class SourceDef:
+    """A source declared in the rules file, its type resolved and its config validated.
+    Two definitions are equal when type and config are: a reload restarts a source
+    only when its definition changed."""
+
+    name: str
+    type: SourceType
+    config: SourceConfig
 
 
 def _index_key(value: Any) -> Hashable | None:
@@ -299,6 +313,7 @@ class RuleSet:
     channels: dict[str, ChannelDef]
     rules: list[Rule]
     defaults: Defaults = field(default_factory=Defaults)
+    sources: dict[str, SourceDef] = field(default_factory=dict)
     secrets: set[str] = field(default_factory=set)
     #: Not errors, but likely mistakes: an event name one slip away from a Canvas one,
     #: a channel that no rule notifies.
@@ -451,6 +466,53 @@ def _check_channels(
     return channels
 
 
+def _check_sources(
+    raw: Mapping[str, dict[str, Any]],
+    source: SourceMap,
+    source_types: Mapping[str, SourceType],
+    errors: list[ConfigError],
+    secrets: set[str],
+) -> dict[str, SourceDef]:
+    sources: dict[str, SourceDef] = {}
+    for name, entry in raw.items():
+        loc = ("sources", name)
+        kind = entry.get("type")
+        stype = source_types.get(kind) if isinstance(kind, str) else None
+        if stype is None:
+            known = sorted(source_types)
+            hint = _suggest(kind, known) if isinstance(kind, str) else ""
+            message = f"unknown source type {kind!r}{hint}" if kind else "missing key 'type'"
+            errors.append(
+                source.error(
+                    (*loc, "type") if kind else loc,
+                    f"{message}; known types: {', '.join(known) or 'none'}",
+                )
+            )
+            continue
+        settings = {k: v for k, v in entry.items() if k != "type"}
+        try:
+            config = stype.cls.Config.model_validate(settings)
+        except ValidationError as exc:
+            errors.extend(errors_from_validation(exc, source, stype.cls.Config, loc))
+            continue
+        sources[name] = SourceDef(name, stype, config)
+        secrets.update(secret_values(config))
+    return sources
+
+
+def _source_warnings(sources: dict[str, SourceDef], source: SourceMap) -> list[ConfigError]:
+    """What each source's plugin says is worth a warning (e.g. SQS: the router cannot
+    check the queue's redrive policy)."""
+    warnings = []
+    for name, definition in sources.items():
+        try:
+            messages = definition.type.cls.warnings(definition.config)
+        except Exception as exc:  # the plugin's own code
+            messages = [f"the plugin's warnings() raised {type(exc).__name__}"]
+        warnings.extend(source.error(("sources", name), message) for message in messages)
+    return warnings
+
+
 def secret_values(model: BaseModel) -> set[str]:
     """Every ``SecretStr`` in a config, however it was written: the redactor masks them."""
     found: set[str] = set()
@@ -587,6 +649,7 @@ def load_rules(
     templates: Templates | None = None,
     environ: Mapping[str, str] | None = None,
     max_attempts: int | None = None,
+    source_types: Mapping[str, SourceType] | None = None,
 ) -> RuleSet:
     """Load and fully validate a rules file; raise ``ConfigErrors`` listing every problem
     (and the warnings found too). ``max_attempts`` is the attempts a channel that does
@@ -607,6 +670,7 @@ def load_rules(
         # that can be read, so that one run shows every problem.
         errors += errors_from_validation(exc, source, RulesFile)
         parsed = _readable_parts(data)
+    sources = _check_sources(parsed.sources, source, source_types or {}, errors, secrets)
     channels = _check_channels(
         parsed.channels, source, channel_types, errors, secrets, parsed.defaults
     )
@@ -614,7 +678,8 @@ def load_rules(
     if templates is not None:
         errors.extend(_template_errors(templates))
     warnings = (
-        _event_name_warnings(rules, source)
+        _source_warnings(sources, source)
+        + _event_name_warnings(rules, source)
         + _unused_channel_warnings(list(channels), rules, source)
         + _attempts_warnings(channels, source, max_attempts)
     )
@@ -625,6 +690,7 @@ def load_rules(
         channels=channels,
         rules=rules,
         defaults=parsed.defaults,
+        sources=sources,
         secrets=secrets,
         warnings=sorted(warnings),
     )
@@ -649,9 +715,15 @@ def _readable_parts(data: dict[str, Any]) -> RulesFile:
                 if isinstance(name, str)
             }
         )
+    sources = data.get("sources")
     return RulesFile.model_construct(
         version=1,
         defaults=valid_defaults,
+        sources={
+            name: entry
+            for name, entry in (sources.items() if isinstance(sources, dict) else ())
+            if isinstance(name, str) and isinstance(entry, dict)
+        },
         channels={
             name: entry
             for name, entry in (channels.items() if isinstance(channels, dict) else ())

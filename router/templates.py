@@ -14,6 +14,7 @@ from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
+from router.caliper import caliper_name, is_caliper_event
 from router.filters import builtin_filters
 
 __all__ = ["RenderError", "Rendered", "Templates", "builtin_templates", "template_context"]
@@ -335,13 +336,16 @@ def template_context(
     ``time_zone`` (where ``localtime`` shows times) is ``display_time_zone`` when the
     rules set one, else the event's ``metadata.time_zone``, else ``default_time_zone``."""
     metadata = event.get("metadata") or {}
+    name = metadata.get("event_name", "")
+    if not name and is_caliper_event(event):
+        name = caliper_name(event)
     return {
         "event": event,
         "metadata": metadata,
         "body": event.get("body") or {},
         "previous": previous,
         "event_id": event_id,
-        "event_name": metadata.get("event_name", ""),
+        "event_name": name,
         "rule": rule,
         "channel": channel,
         "now": datetime.now().astimezone(),

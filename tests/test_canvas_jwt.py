@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from router.canvas_jwt import JwksVerifier, JwtError
+from router.canvas_jwt import JwksVerifier, JwtError, KeysUnavailable
 
 CANVAS_EVENT: dict[str, Any] = {
     "metadata": {
@@ -221,13 +221,20 @@ async def test_unknown_kid_refetches_once_then_fails(
     token = sign(keys.rotated, kid="nope")
     assert await rejected(verifier, token) == "unknown signing key"
     assert state.fetches == 2
-    # Within min_refetch_seconds further unknown kids do not cause fetches.
+    # Within min_refetch_seconds further unknown kids do not cause fetches; the key
+    # may be one just published, so they are "unavailable, retry" (503), not rejected.
     for _ in range(5):
-        assert await rejected(verifier, token) == "unknown signing key"
+        with pytest.raises(KeysUnavailable) as info:
+            await verifier.verify(token)
+        assert "unknown signing key" in str(info.value)
+        assert 0 < info.value.retry_after <= 10
     assert state.fetches == 2
+    clock.advance(11)  # the refetch is allowed again: the kid is still unknown
+    assert await rejected(verifier, token) == "unknown signing key"
+    assert state.fetches == 3
     # Known keys keep working meanwhile.
     assert await verifier.verify(sign(keys.primary)) == CANVAS_EVENT
-    assert state.fetches == 2
+    assert state.fetches == 3
 
 
 async def test_unknown_kid_on_cold_cache_fetches_once(

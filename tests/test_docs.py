@@ -2,11 +2,14 @@
 the guide's example plugin, validation output and plugin test really work."""
 
 import ast
+import asyncio
 import inspect
+import json
 import re
 import subprocess
 import sys
 import textwrap
+import time
 import tomllib
 from collections import deque
 from collections.abc import AsyncIterator
@@ -65,6 +68,7 @@ def section(text: str, heading: str) -> str:
 def test_hooks_exist() -> None:
     assert set(hook_specs()) == {
         "register_channels",
+        "register_sources",
         "register_template_filters",
         "delivery_finished",
     }
@@ -270,3 +274,39 @@ def test_guide_plugin_test_passes(plugins_dir: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+# -- the example source, loaded from the guide, in a real router ---------------------
+
+SOURCE_MARKER = "# router_spool.py"
+
+
+def test_example_source_is_complete_and_short() -> None:
+    code = block_starting(SOURCE_MARKER)
+    assert len(code.splitlines()) <= 45
+    compile(code, "router_spool.py", "exec")
+
+
+async def test_guide_example_source_delivers_and_acknowledges(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "router_spool.py").write_text(block_starting(SOURCE_MARKER))
+    [rules] = [code for lang, code in code_blocks(guide()) if lang == "yaml" and "spool" in code]
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    rules = rules.replace("./incoming", str(incoming))
+    (incoming / "one.json").write_text(json.dumps(event("course_created", {"name": "Physics 101"})))
+    (incoming / "two.json").write_text("{not json")
+    async with run_router(rules, plugins_dir=plugins, directory=tmp_path / "run") as router:
+        [info] = [i for i in router.plugins.infos if i.name == "router_spool"]
+        assert info.hooks == ("register_sources",)
+        deadline = time.monotonic() + 10
+        while not router.deliveries() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        [delivery] = await router.wait_until_settled()
+        status = (await (await router.client.get("/readyz")).json())["sources"]
+    assert delivery.state == "logged"
+    assert "Physics 101" in delivery.text
+    assert sorted(p.name for p in incoming.iterdir()) == ["two.bad"]  # one.json acknowledged
+    assert status["drop-box"]["type"] == "spool"
+    assert status["drop-box"]["state"] == "running"

@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
 GUIDE_PLUGIN_MARKER = "# router_gotify.py"
+GUIDE_SOURCE_MARKER = "# router_spool.py"
 MARKER = re.compile(r"^<!-- check: (?P<kind>[\w-]+)(?P<options>[^>]*?)\s*-->$")
 FENCE = re.compile(r"^```(?P<lang>\w*)[^\n]*$")
 QUICK_START = [
@@ -163,12 +164,14 @@ def test_commands_after_the_quick_start_name_the_venv() -> None:
 
 @pytest.fixture
 def guide_plugin_dir(tmp_path: Path) -> Path:
-    """docs/plugins.md's example plugin, so that examples may use `type: gotify`."""
+    """docs/plugins.md's example plugins, so that examples may use `type: gotify` (its
+    channel) and `type: spool` (its source)."""
     guide = (ROOT / "docs" / "plugins.md").read_text()
-    [code] = [code for code in blocks_of_text(guide) if code.startswith(GUIDE_PLUGIN_MARKER)]
     directory = tmp_path / "plugins"
     directory.mkdir()
-    (directory / "router_gotify.py").write_text(code)
+    for marker in (GUIDE_PLUGIN_MARKER, GUIDE_SOURCE_MARKER):
+        [code] = [code for code in blocks_of_text(guide) if code.startswith(marker)]
+        (directory / marker.removeprefix("# ")).write_text(code)
     return directory
 
 

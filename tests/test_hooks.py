@@ -5,17 +5,29 @@ Every hook must have a ``test_hook_<name>`` here: ``test_every_hook_has_a_test``
 when a hook is added without one.
 """
 
+import asyncio
 import importlib.metadata
 import inspect
 import sys
+import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
+import orjson
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from router import Channel, Message, RetryableError, hookimpl, hookspecs
+from router import (
+    Channel,
+    Message,
+    RetryableError,
+    Source,
+    SourceConfig,
+    SourceHost,
+    hookimpl,
+    hookspecs,
+)
 from router.channels import ChannelConfig, DeliveryOutcome
 from router.cli import cli
 from router.plugins import load_plugins
@@ -96,6 +108,63 @@ async def test_hook_register_channels() -> None:
         2,
         "Course created: Physics",
     )
+
+
+# -- register_sources ---------------------------------------------------------------
+
+
+class OnceConfig(SourceConfig):
+    course: str
+
+
+class Once(Source):
+    """Submits one course_created event, records the answer, then idles."""
+
+    type = "once"
+    Config = OnceConfig
+    answers: ClassVar[list[Any]] = []
+
+    async def run(self, host: SourceHost) -> None:
+        assert isinstance(self.config, OnceConfig)
+        payload = orjson.dumps(event("course_created", {"name": self.config.course}))
+        Once.answers.extend(await host.submit(host.parse(payload)))
+        host.set_state("running", "submitted")
+        await asyncio.Event().wait()
+
+
+class SourceProvider:
+    @hookimpl
+    def register_sources(self, register: Any) -> None:
+        register(Once)
+        register(str)  # not a source: a problem naming this plugin
+
+
+async def test_hook_register_sources() -> None:
+    Once.answers.clear()
+    rules = """
+        version: 1
+        sources:
+          one: {type: once, course: Physics}
+        channels:
+          log: {type: webhook, url: "", log_only: true}
+        rules:
+          - {name: all, events: ["*"], notify: [log]}
+    """
+    async with run_router(rules, plugins=[SourceProvider()], allow_plugin_problems=True) as router:
+        assert router.plugins.source_types["once"].cls is Once
+        [problem] = router.plugins.problems
+        assert problem.plugin == "SourceProvider-0"
+        assert "which is not a router.Source subclass" in problem.message
+        deadline = time.monotonic() + 10
+        while not router.deliveries() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        [delivery] = await router.wait_until_settled()
+        async with router.client.get("/readyz") as resp:
+            status = (await resp.json())["sources"]["one"]
+    [answer] = Once.answers
+    assert (answer.id, answer.duplicate) == (delivery.event_id, False)
+    assert delivery.title == "Course created: Physics"
+    assert (status["type"], status["state"], status["detail"]) == ("once", "running", "submitted")
 
 
 # -- register_template_filters ------------------------------------------------------

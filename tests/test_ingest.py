@@ -11,7 +11,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from tests.conftest import ServiceFactory, StoreDB, all_examples, example, webhook_rules
+from tests.conftest import ROOT, ServiceFactory, StoreDB, all_examples, example, webhook_rules
 from tests.receiver import WebhookReceiver
 
 LOG_ONLY = webhook_rules("", secret=None)
@@ -287,10 +287,16 @@ async def test_signed_delivery_rejections(
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     forged = jwt.encode(event, other, algorithm="RS256", headers={"kid": "canvas-1"})
     unknown = jwt.encode(event, rsa_key, algorithm="RS256", headers={"kid": "nope"})
-    for token, reason in [(forged, "bad signature"), (unknown, "unknown signing key")]:
-        resp = await client.post("/events", data=token, headers={"Content-Type": "application/jwt"})
-        assert resp.status == 401
-        assert reason in (await resp.json())["error"]
+    # A known kid with a bad signature is the sender's fault: 401.
+    resp = await client.post("/events", data=forged, headers={"Content-Type": "application/jwt"})
+    assert resp.status == 401
+    assert "bad signature" in (await resp.json())["error"]
+    # An unknown kid while the key set was fetched moments ago (refetches are rate
+    # limited) may be a key Canvas has just published: 503, so that Canvas retries.
+    resp = await client.post("/events", data=unknown, headers={"Content-Type": "application/jwt"})
+    assert resp.status == 503
+    assert "unknown signing key" in (await resp.json())["error"]
+    assert 1 <= int(resp.headers["Retry-After"]) <= 10
     unsigned = await client.post("/events", json=event)
     assert unsigned.status == 401
     assert stored_events(store_db) == []
@@ -365,3 +371,39 @@ async def test_health_and_readiness(service: ServiceFactory) -> None:
     ready = await client.get("/readyz")
     assert ready.status == 200
     assert (await ready.json())["state"] == "ready"
+
+
+async def test_signed_caliper_envelope_is_accepted_item_by_item(
+    service: ServiceFactory, jwks_url: str, rsa_key: rsa.RSAPrivateKey, store_db: StoreDB
+) -> None:
+    client = await service(LOG_ONLY, jwks_url=jwks_url, require_signed=True)
+    path = ROOT / "examples" / "caliper" / "course_created.json"
+    envelope = orjson.loads(path.read_bytes())
+    envelope["data"].append(orjson.loads(path.with_name("logged_in.json").read_bytes())["data"][0])
+    token = jwt.encode(envelope, rsa_key, algorithm="RS256", headers={"kid": "canvas-1"})
+    resp = await client.post("/events", data=token, headers={"Content-Type": "application/jwt"})
+    assert resp.status == 202, await resp.text()
+    assert len((await resp.json())["accepted"]) == 2
+    assert sorted(name for _, name, _ in stored_events(store_db)) == ["course_created", "logged_in"]
+
+
+# -- POST /events/<token>: for senders that cannot set a header (Canvas HTTPS) -----------
+
+
+async def test_token_in_the_path(service: ServiceFactory, store_db: StoreDB) -> None:
+    client = await service(LOG_ONLY, ingest_token="path-secret-123")
+    event = example("course_created")
+    ok = await client.post("/events/path-secret-123", json=event)
+    assert ok.status == 202
+    wrong = await client.post("/events/nope", json=event)
+    assert wrong.status == 401
+    header = await client.post("/events", json=event, headers={"Authorization": "Bearer nope"})
+    assert header.status == 401
+    assert len(stored_events(store_db)) == 1
+
+
+async def test_token_in_the_path_needs_a_token_configured(service: ServiceFactory) -> None:
+    client = await service(LOG_ONLY)  # no ROUTER_INGEST_TOKEN: /events is open ...
+    assert (await client.post("/events", json=example("course_created"))).status == 202
+    # ... but /events/<anything> is not a way in that accepts any secret.
+    assert (await client.post("/events/guess", json=example("course_created"))).status == 401

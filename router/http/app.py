@@ -25,6 +25,7 @@ from router.http.keys import (
     RELOAD,
     ROUTING,
     SETTINGS,
+    SOURCES,
     STORE,
 )
 from router.http.metrics import metrics_handler
@@ -40,6 +41,7 @@ from router.reload import Live, ReloadStatus
 from router.retention import retention_loop
 from router.routing import RoutingWorker, build_router
 from router.settings import Settings
+from router.source_manager import IngestGate, SourceManager
 from router.store import StoreOpenError, open_store
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ def create_app(settings: Settings, *, plugins: Plugins | None = None) -> web.App
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(workers_ctx)
+    app.cleanup_ctx.append(sources_ctx)
     app.cleanup_ctx.append(reload_ctx)
     app.cleanup_ctx.append(retention_ctx)
     app.on_shutdown.append(start_draining)
@@ -75,6 +78,9 @@ def setup_routes(app: web.Application) -> None:
     ingest = Ingest(app)
     app.on_startup.append(ingest.bind)  # after the contexts: the store is open by then
     app.router.add_post("/events", ingest.post_events)
+    # For senders that cannot set a header (a Canvas HTTPS subscription): the ingest
+    # token in the path. The path is a secret: the service keeps no access log.
+    app.router.add_post("/events/{token}", ingest.post_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
@@ -171,6 +177,24 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks[1].cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await close_channels(dispatcher.channels)
+
+
+async def sources_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The sources declared in the rules file (SQS queues, ...), started once the
+    store and the routing worker are up, stopped before them."""
+    settings = app[SETTINGS]
+    gate = IngestGate(
+        app[STORE],
+        dedupe_window=settings.dedupe_window,
+        wake=app[ROUTING].wake,
+        draining=app[DRAINING],
+        metrics=app[METRICS],
+    )
+    manager = SourceManager(gate, app[METRICS], max_items=settings.max_batch_items)
+    app[SOURCES] = manager
+    await manager.apply(app[LIVE].router.rules.sources)
+    yield
+    await manager.stop_all()
 
 
 async def retention_ctx(app: web.Application) -> AsyncIterator[None]:

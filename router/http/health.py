@@ -6,7 +6,7 @@ import time
 from aiohttp import web
 
 from router.http.ingest import problem
-from router.http.keys import DRAINING, LIVE, RELOAD, STORE
+from router.http.keys import DRAINING, LIVE, RELOAD, SOURCES, STORE
 from router.silences import describe
 
 __all__ = ["healthz", "readyz"]
@@ -18,16 +18,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready to accept: store reachable, rules loaded, not draining."""
+    """Ready to accept: store reachable, rules loaded, not draining. Each source's
+    state is listed too: a failing source does not make the router unready (``POST
+    /events`` and the other sources go on), but it is named here."""
     app = request.app
+    sources = app[SOURCES].status() if SOURCES in app else {}
     if app[DRAINING].is_set():
-        return problem(503, "draining", state="draining")
+        return problem(503, "draining", state="draining", sources=sources)
     now = time.time()
     try:
         counts = await asyncio.wait_for(app[STORE].counts(), timeout=5)
         silences = await asyncio.wait_for(app[STORE].list_silences(active_at=now), timeout=5)
     except Exception as exc:
-        return problem(503, f"store unreachable: {type(exc).__name__}", state="unready")
+        return problem(
+            503, f"store unreachable: {type(exc).__name__}", state="unready", sources=sources
+        )
     return web.json_response(
         {
             "state": "ready",
@@ -36,6 +41,7 @@ async def readyz(request: web.Request) -> web.Response:
             "events_pending": counts.events_pending,
             "deliveries_pending": counts.deliveries_pending,
             "dead_letters": counts.dead,
+            "sources": sources,
             "silences": [
                 {"id": s.id, "matches": describe(s.matchers), "ends_at": s.ends_at}
                 for s in silences

@@ -7,6 +7,7 @@ are the event. Every rejection says exactly what was wrong.
 
 import hmac
 import logging
+import math
 import time
 from typing import Any
 
@@ -173,6 +174,9 @@ class Ingest:
 
     def _authorized(self, request: web.Request) -> bool:
         expected = self._token
+        in_path = request.match_info.get("token")
+        if in_path is not None:  # POST /events/<token>: only with a token configured
+            return expected is not None and hmac.compare_digest(in_path.encode(), expected)
         if expected is None:
             return True
         header = request.headers.get("Authorization", "")
@@ -199,14 +203,18 @@ class Ingest:
             try:
                 claims = await self.jwks.verify(data.strip().decode("ascii", "replace"))
             except KeysUnavailable as exc:
+                wait = 30 if exc.retry_after is None else max(1, math.ceil(exc.retry_after))
                 return web.json_response(
                     {"error": f"cannot check the signature now: {exc}; retry later"},
                     status=503,
-                    headers={"Retry-After": "30"},
+                    headers={"Retry-After": str(wait)},
                 )
             except JwtError as exc:
                 return problem(401, f"signature rejected: {exc}")
-            return parse_body_or_error(_claims_bytes(claims), ndjson=False, max_items=1)
+            # The claims are one event, or a Caliper envelope of several.
+            return parse_body_or_error(
+                _claims_bytes(claims), ndjson=False, max_items=settings.max_batch_items
+            )
         if settings.require_signed:
             return problem(401, "only signed (JWT) deliveries are accepted")
         if ctype in NDJSON_TYPES:

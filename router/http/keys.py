@@ -13,6 +13,7 @@ from router.plugins import Plugins
 from router.reload import Live, ReloadStatus
 from router.routing import RoutingWorker
 from router.settings import Settings
+from router.source_manager import SourceManager
 from router.store import Store
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "RELOAD",
     "ROUTING",
     "SETTINGS",
+    "SOURCES",
     "STORE",
 ]
 
@@ -41,4 +43,5 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 DRAINING = web.AppKey("draining", asyncio.Event)
 PRESSURE = web.AppKey("pressure", IngestPressure)
 METRICS = web.AppKey("metrics", Metrics)
+SOURCES = web.AppKey("sources", SourceManager)
 RELOAD = web.AppKey("reload", ReloadStatus)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from router.http.keys import DISPATCHER, LIVE, PLUGINS, RELOAD, SETTINGS
+from router.http.keys import DISPATCHER, LIVE, PLUGINS, RELOAD, SETTINGS, SOURCES
 from router.reload import ReloadStatus, reload_rules
 from router.routing import build_router
 
@@ -24,6 +24,7 @@ async def reload_now(app: web.Application, trigger: str) -> ReloadStatus:
         app[RELOAD],
         lambda: build_router(settings, plugins),
         trigger,
+        app[SOURCES] if SOURCES in app else None,
     )
 
 

@@ -21,7 +21,16 @@ from aiohttp import web
 from router import __version__
 from router.history import preview
 from router.http.auth import COOKIE, bearer_ok, cookie_ok, csrf_value, same, session_value
-from router.http.keys import DISPATCHER, LIVE, METRICS, PLUGINS, RELOAD, SETTINGS, STORE
+from router.http.keys import (
+    DISPATCHER,
+    LIVE,
+    METRICS,
+    PLUGINS,
+    RELOAD,
+    SETTINGS,
+    SOURCES,
+    STORE,
+)
 from router.redact import Redactor
 from router.silences import describe
 
@@ -195,6 +204,22 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
             }
         )
 
+    by_source = metrics.by_label("router_source_messages_total", "source", "outcome")
+    by_source_events = metrics.by_label("router_source_events_total", "source", "outcome")
+    sources = [
+        {
+            "name": name,
+            **status,
+            "detail": redact(status["detail"]),
+            "received": by_source.get((name, "received"), 0.0),
+            "invalid": by_source.get((name, "invalid"), 0.0),
+            "receive_errors": by_source.get((name, "receive_error"), 0.0),
+            "accepted": by_source_events.get((name, "accepted"), 0.0),
+            "duplicate": by_source_events.get((name, "duplicate"), 0.0),
+        }
+        for name, status in app[SOURCES].status().items()
+    ]
+
     silenced_by = {
         key[0]: value for key, value in metrics.by_label("router_silenced_total", "silence").items()
     }
@@ -251,6 +276,7 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
         "rules_file": rules.file,
         "throughput": throughput,
         "channels": channels,
+        "sources": sources,
         "events": events,
         "dead_letters": dead[:DEAD_LETTERS],
         "dead_total": int(queues["dead"]),
