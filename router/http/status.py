@@ -20,7 +20,16 @@ from aiohttp import web
 
 from router import __version__
 from router.http.auth import COOKIE, bearer_ok, cookie_ok, csrf_value, same, session_value
-from router.http.keys import DISPATCHER, LIVE, METRICS, PLUGINS, RELOAD, SETTINGS, STORE
+from router.http.keys import (
+    DISPATCHER,
+    LIVE,
+    METRICS,
+    PLUGINS,
+    RELOAD,
+    ROUTING,
+    SETTINGS,
+    STORE,
+)
 from router.redact import Redactor
 
 __all__ = ["status_page"]
@@ -197,6 +206,24 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
         if value.isdigit():
             flash.append(f"{verb} {int(value)} dead letter(s).")
     plugins = app[PLUGINS]
+    canvas = None
+    if rules.canvas is not None:  # the API's state; never its token
+        calls = {
+            k[0]: v
+            for k, v in metrics.by_label("router_canvas_api_requests_total", "outcome").items()
+        }
+        client = app[ROUTING].canvas if ROUTING in app else None
+        remaining = totals.get("router_canvas_api_rate_limit_remaining", -1.0)
+        canvas = {
+            "url": rules.canvas.url or "https://<metadata.hostname> of each event",
+            "calls": calls,
+            "requests": sum(calls.values()),
+            "cache_hits": totals.get("router_canvas_api_cache_hits_total", 0.0),
+            "held": totals.get("router_canvas_api_events_held_total", 0.0),
+            "without": totals.get("router_canvas_api_routed_without_data_total", 0.0),
+            "remaining": None if remaining < 0 else remaining,
+            "last_error": redact(client.last_error) if client and client.last_error else None,
+        }
     return {
         "now": now,
         "ago": lambda value: _ago(value, now),
@@ -205,6 +232,7 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
         "rules_file": rules.file,
         "throughput": throughput,
         "channels": channels,
+        "canvas": canvas,
         "events": events,
         "dead_letters": dead[:DEAD_LETTERS],
         "dead_total": int(queues["dead"]),
