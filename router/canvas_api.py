@@ -150,22 +150,28 @@ class CanvasClient:
         """The API's answer (all pages of a list), None for a 404. Concurrent asks for
         one key share one request; answers are cached in the store for ``cache``."""
         key = request.cache_key(base)
-        cached = await self.store.load_cached([key], now=self.clock())
-        if key in cached:
-            self.metrics.canvas_cache_hits.inc()
-            return orjson.loads(cached[key])
         pending = self._inflight.get(key)
         if pending is not None:
             self.metrics.canvas_cache_hits.inc()
             return orjson.loads(await asyncio.shield(pending))
+        # Registered before the first await: every concurrent ask for this key waits
+        # for this one, whether it is answered from the store's cache or the API.
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            body = await self._fetch(base, request)
-            now = self.clock()
-            await self.store.save_cached(key, body, expires_at=now + self.config.cache, now=now)
+            cached = await self.store.load_cached([key], now=self.clock())
+            if key in cached:
+                self.metrics.canvas_cache_hits.inc()
+                body = cached[key]
+            else:
+                body = await self._fetch(base, request)
+                now = self.clock()
+                await self.store.save_cached(key, body, expires_at=now + self.config.cache, now=now)
             future.set_result(body)
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning without waiters
             raise

@@ -36,7 +36,12 @@ def _print_plugin_problems(plugins: Plugins) -> None:
 
 def _print_rule_warnings(rules: RuleSet) -> None:
     for warning in rules.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(f"warning: {_one_line(str(warning))}", err=True)
+
+
+def _one_line(message: str) -> str:
+    """A message on one line: one problem per line, whatever a library's text holds."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _env(name: str) -> str:
@@ -116,7 +121,9 @@ def serve(**options: Any) -> None:
         app = create_app(settings, plugins=plugins)
     except ConfigErrors as exc:
         for error in exc.errors:
-            click.echo(str(error), err=True)
+            click.echo(_one_line(str(error)), err=True)
+        for warning in exc.warnings:
+            click.echo(f"warning: {_one_line(str(warning))}", err=True)
         click.echo(f"{len(exc.errors)} error(s) in {settings.rules}; not starting.", err=True)
         sys.exit(1)
     for warning in app[LIVE].router.rules.warnings:
@@ -257,9 +264,14 @@ def validate(
     try:
         router = build_router(settings, plugins)
     except ConfigErrors as exc:
+        # The report is one stream, as a linter's: every error, the warnings, then the
+        # count on a line of its own, in that order however the output is captured.
         for error in exc.errors:
-            click.echo(str(error))
-        click.echo(f"{len(exc.errors)} error(s)", err=True)
+            click.echo(_one_line(str(error)))
+        for warning in exc.warnings:
+            click.echo(f"warning: {_one_line(str(warning))}")
+        warned = len(exc.warnings) + len(plugins.problems)
+        click.echo(f"{len(exc.errors)} error(s)" + (f", {warned} warning(s)" if warned else ""))
         sys.exit(1)
     rules = router.rules
     _print_rule_warnings(rules)
@@ -300,7 +312,9 @@ def test_rules(
         reports = dry_run(router, list(events))
     except ConfigErrors as exc:
         for error in exc.errors:
-            click.echo(str(error), err=True)
+            click.echo(_one_line(str(error)), err=True)
+        for warning in exc.warnings:
+            click.echo(f"warning: {_one_line(str(warning))}", err=True)
         sys.exit(1)
     except DryRunError as exc:
         click.echo(f"error: {exc}", err=True)

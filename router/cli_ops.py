@@ -22,6 +22,7 @@ from router.delivery_queries import (
     STATES,
     BadQuery,
     Selector,
+    empty_dlq,
     loads_redacted,
     parse_since,
     record_dict,
@@ -211,12 +212,17 @@ def dlq_list(
 ) -> None:
     """List dead letters, newest first, with attempts and last error."""
     after = _since(since)
-    records = _with_store(
-        db,
-        lambda store: store.list_deliveries(
+
+    async def listing(store: Store) -> tuple[list[DeliveryRecord], int]:
+        records = await store.list_deliveries(
             state="dead", channel=channel, rule=rule, since=after, limit=limit
-        ),
-    )
+        )
+        return records, (await store.counts()).dead
+
+    records, total = _with_store(db, listing)
+    if not records and not as_json:
+        click.echo(empty_dlq(total))
+        return
     _print_records(records, _redactor(db), as_json=as_json)
 
 

@@ -103,6 +103,7 @@ class Router:
             channel="",
             previous=None if previous is None else previous.get("body"),
             default_time_zone=self.rules.defaults.time_zone,
+            display_time_zone=self.rules.defaults.display_time_zone,
         )
         variables.update(values)
         variables["canvas_missing"] = canvas.missing
@@ -259,6 +260,7 @@ class Router:
             channel="",
             previous=None,
             default_time_zone=self.rules.defaults.time_zone,
+            display_time_zone=self.rules.defaults.display_time_zone,
         )
         variables.update(events=events, count=len(events), group=orjson.loads(digest.group))
         jobs = []
@@ -277,7 +279,12 @@ class Router:
 def build_router(settings: Settings, plugins: Plugins) -> Router:
     """Load templates and rules (raises ``ConfigErrors`` listing every problem)."""
     templates = Templates(settings.templates, plugins.filters)
-    rules = load_rules(settings.rules, plugins.channel_types, templates=templates)
+    rules = load_rules(
+        settings.rules,
+        plugins.channel_types,
+        templates=templates,
+        max_attempts=settings.max_attempts,
+    )
     return Router(rules, templates)
 
 
