@@ -115,7 +115,8 @@ def test_an_event_without_a_template_of_its_own_renders_as_the_others_do(
     assert name.startswith("default.")
     rendered = render(templates, event, channel_type)
     check(rendered, channel_type)  # email: multipart, text and HTML, as the others
-    assert rendered.text.startswith(f"Canvas event grade_change{SCRIPT} at ")
+    assert rendered.text.startswith(f"Canvas event grade_change{SCRIPT} ")
+    assert " at 2019-" in rendered.text  # events/other.j2: the event's time, localised
     if channel_type == "email":
         assert "<script" not in rendered.blocks["html"]
         assert "grade_change&lt;script&gt;" in rendered.blocks["html"]
