@@ -49,7 +49,9 @@ class FakeCanvas:
     throttle_next: int = 0  # answer this many requests with the throttling 403
     fail_next: int = 0  # answer this many requests with 503
     retry_after: str | None = None  # sent with the throttling 403 when set
+    throttle_method: str | None = None  # throttle only requests of this method
     max_per_page: int = 50  # Canvas caps per_page itself; tests cap lower to force pages
+    unreachable: set[str] = field(default_factory=set)  # users no message may reach
     server: TestServer | None = None
 
     @property
@@ -98,7 +100,7 @@ class FakeCanvas:
         if self.fail_next > 0:
             self.fail_next -= 1
             return web.Response(status=503, text="Service Unavailable")
-        if self.throttle_next > 0:
+        if self.throttle_next > 0 and self.throttle_method in (None, request.method):
             self.throttle_next -= 1
             headers = {"X-Request-Cost": "0", "X-Rate-Limit-Remaining": "-12.5"}
             if self.retry_after is not None:
@@ -189,7 +191,7 @@ class FakeCanvas:
         context = str(form.get("context_code", ""))
         if not recipients:
             return web.json_response([{"attribute": "recipients", "message": "blank"}], status=400)
-        if any(local(str(r)) not in self.users for r in recipients):
+        if any(local(str(r)) not in self.users or r in self.unreachable for r in recipients):
             return web.json_response(
                 [{"attribute": "recipients", "message": "invalid recipients"}], status=400
             )
