@@ -204,8 +204,7 @@ LOOKUPS: dict[str, Lookup] = {
         Lookup(
             "teachers",
             "the course as for `course`",
-            "GET /api/v1/courses/:course_id/users?enrollment_type[]=teacher&include[]=email"
-            " (every page)",
+            "GET /api/v1/courses/:course_id/users?enrollment_type[]=teacher&include[]=email",
             _enrolled("teacher"),
             _people,
             people=True,
@@ -213,8 +212,7 @@ LOOKUPS: dict[str, Lookup] = {
         Lookup(
             "tas",
             "the course as for `course`",
-            "GET /api/v1/courses/:course_id/users?enrollment_type[]=ta&include[]=email"
-            " (every page)",
+            "GET /api/v1/courses/:course_id/users?enrollment_type[]=ta&include[]=email",
             _enrolled("ta"),
             _people,
             people=True,
@@ -222,8 +220,7 @@ LOOKUPS: dict[str, Lookup] = {
         Lookup(
             "students",
             "the course as for `course`",
-            "GET /api/v1/courses/:course_id/users?enrollment_type[]=student&include[]=email"
-            " (every page)",
+            "GET /api/v1/courses/:course_id/users?enrollment_type[]=student&include[]=email",
             _enrolled("student"),
             _people,
             people=True,
