@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from router.canvas_api import Enrichment
 from router.events import BadRequest, InvalidEvents, ParsedEvent, TooManyItems, parse_body
 from router.routing import Router
 from router.store import InboxEvent
@@ -59,7 +60,13 @@ def dry_run(router: Router, files: list[Path]) -> list[EventReport]:
         for index, parsed in enumerate(read_events(path)):
             payload = orjson.loads(parsed.payload)
             event = InboxEvent(index, parsed.id, parsed.name, parsed.payload, now)
-            decision = router.decide(event, payload, None, now=now, explain=True)
+            # No Canvas API calls here: what a rule would fetch is none, and says why.
+            names = router.rules.enrich_names(parsed.name)
+            canvas = Enrichment(
+                values=dict.fromkeys(names),
+                missing=dict.fromkeys(names, "router test does not call the Canvas API"),
+            )
+            decision = router.decide(event, payload, None, now=now, explain=True, canvas=canvas)
             messages = [
                 {"rule": rule, "channel": channel, **message}
                 for (rule, channel), message in decision.rendered.items()

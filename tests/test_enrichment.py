@@ -160,7 +160,8 @@ async def test_after_max_wait_it_routes_without_the_data_and_says_so(
     assert got.body["title"] == "Syllabus changed: course 21070000000000565"
     assert "Sent without Canvas data: course (Canvas API unavailable: HTTP 503)" in got.body["text"]
     status = await (await client.get("/")).text()
-    assert "Canvas API" in status
+    assert "Canvas API" in status and "HTTP 503" in status
+    assert TOKEN not in status and TOKEN not in await (await client.get("/metrics")).text()
 
 
 async def test_a_course_deleted_in_canvas_is_none_not_an_error(

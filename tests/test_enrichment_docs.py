@@ -5,8 +5,10 @@ import re
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from router.canvas_lookups import LOOKUPS
+from router.cli import cli
 from router.plugins import load_plugins
 from router.rules import load_rules
 from router.templates import Templates
@@ -42,3 +44,22 @@ def test_the_table_documents_every_name_and_its_call() -> None:
         for match in re.finditer(r"^\| `(\w+)` \| .*? \| `(GET [^`]+)`", PAGE.read_text(), re.M)
     }
     assert rows == {name: lookup.call for name, lookup in LOOKUPS.items()}
+
+
+def test_router_test_shows_what_an_enriching_rule_would_send(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(YAML[0])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "test",
+            str(rules),
+            str(ROOT / "examples" / "events" / "syllabus_updated.json"),
+            "--templates",
+            str(ROOT / "templates"),
+        ],
+        env=ENV,
+    )
+    assert result.exit_code == 0, result.output
+    assert "syllabus-changed" in result.output
+    assert "router test does not call the Canvas API" in result.output
