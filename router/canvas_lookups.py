@@ -138,6 +138,21 @@ def _assignment(event: Mapping[str, Any]) -> Request | None:
     return Request(f"/api/v1/courses/{course}/assignments/{assignment}")
 
 
+def _submission(event: Mapping[str, Any]) -> Request | None:
+    course, assignment = course_id(event), _first(event, ("body", "assignment_id"))
+    student = _first(event, ("body", "student_id"), ("body", "user_id"))
+    if course is None or assignment is None or student is None:
+        return None
+    return Request(f"/api/v1/courses/{course}/assignments/{assignment}/submissions/{student}")
+
+
+def _discussion_topic(event: Mapping[str, Any]) -> Request | None:
+    course, topic = course_id(event), _first(event, ("body", "discussion_topic_id"))
+    if course is None or topic is None:
+        return None
+    return Request(f"/api/v1/courses/{course}/discussion_topics/{topic}")
+
+
 def _section(event: Mapping[str, Any]) -> Request | None:
     found = _first(event, ("body", "course_section_id"), ("body", "section_id"))
     if found is None and _get(event, "metadata", "context_type") == "CourseSection":
@@ -189,6 +204,24 @@ LOOKUPS: dict[str, Lookup] = {
             " submission_*, grade_change)",
             "GET /api/v1/courses/:course_id/assignments/:assignment_id",
             _assignment,
+            _object,
+            people=False,
+        ),
+        Lookup(
+            "submission",
+            "body.assignment_id and body.student_id (else body.user_id), with the course as"
+            " for `course` (submission_*, grade_change)",
+            "GET /api/v1/courses/:course_id/assignments/:assignment_id/submissions/:user_id",
+            _submission,
+            _object,
+            people=False,
+        ),
+        Lookup(
+            "discussion_topic",
+            "body.discussion_topic_id, with the course as for `course` (discussion_topic_*,"
+            " discussion_entry_*)",
+            "GET /api/v1/courses/:course_id/discussion_topics/:topic_id",
+            _discussion_topic,
             _object,
             people=False,
         ),

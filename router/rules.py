@@ -332,6 +332,7 @@ class RuleSet:
     _exact: dict[str, list[int]] = field(default_factory=dict, repr=False)
     _globs: list[tuple[str, int]] = field(default_factory=list, repr=False)
     _buckets: dict[str, _Bucket] = field(default_factory=dict, repr=False)
+    _enrich: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for index, rule in enumerate(self.rules):
@@ -382,10 +383,15 @@ class RuleSet:
     def enrich_names(self, event_name: str) -> list[str]:
         """What the rules that select this event fetch from Canvas (before matching,
         since ``match:`` and ``if:`` may use it)."""
-        names: dict[str, None] = {}
-        for rule in self.selecting(event_name):
-            names.update(dict.fromkeys(rule.enrich))
-        return list(names)
+        found = self._enrich.get(event_name)
+        if found is None:
+            names: dict[str, None] = {}
+            for rule in self.selecting(event_name):
+                names.update(dict.fromkeys(rule.enrich))
+            found = list(names)
+            if len(self._enrich) < 10_000:  # unknown event names are unbounded
+                self._enrich[event_name] = found
+        return found
 
     def evaluate(self, event_name: str, ctx: MatchContext) -> list[Rule]:
         """The rules that fire for this event, in file order, honouring ``continue: false``."""

@@ -41,6 +41,8 @@ class FakeCanvas:
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     assignments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    submissions: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    topics: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     enrollments: list[tuple[str, str, str]] = field(default_factory=list)  # course, user, type
     hits: Counter[str] = field(default_factory=Counter)  # GET path -> requests
     conversations: list[dict[str, Any]] = field(default_factory=list)
@@ -71,6 +73,11 @@ class FakeCanvas:
         app.router.add_get("/api/v1/courses/{course}", self._course)
         app.router.add_get("/api/v1/courses/{course}/users", self._course_users)
         app.router.add_get("/api/v1/courses/{course}/assignments/{assignment}", self._assignment)
+        app.router.add_get(
+            "/api/v1/courses/{course}/assignments/{assignment}/submissions/{user}",
+            self._submission,
+        )
+        app.router.add_get("/api/v1/courses/{course}/discussion_topics/{topic}", self._topic)
         app.router.add_get("/api/v1/users/{user}/profile", self._profile)
         app.router.add_get("/api/v1/users/{user}", self._user)
         app.router.add_get("/api/v1/sections/{section}", self._section)
@@ -145,6 +152,18 @@ class FakeCanvas:
             local(request.match_info["assignment"]) or "",
         )
         found = self.assignments.get(key)
+        return web.json_response(found) if found else self._not_found()
+
+    async def _submission(self, request: web.Request) -> web.Response:
+        key = tuple(
+            local(request.match_info[part]) or "" for part in ("course", "assignment", "user")
+        )
+        found = self.submissions.get(key)  # type: ignore[arg-type]
+        return web.json_response(found) if found else self._not_found()
+
+    async def _topic(self, request: web.Request) -> web.Response:
+        key = (local(request.match_info["course"]) or "", local(request.match_info["topic"]) or "")
+        found = self.topics.get(key)
         return web.json_response(found) if found else self._not_found()
 
     async def _section(self, request: web.Request) -> web.Response:

@@ -2,6 +2,7 @@
 real store on both backends."""
 
 import asyncio
+import copy
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from router.metrics import Metrics
 from router.rules import CanvasConfig
 from router.store import Store, open_store
 from tests.canvas_fake import TOKEN, FakeCanvas
+from tests.conftest import example
 
 
 def event(**body: Any) -> dict[str, Any]:
@@ -239,5 +241,25 @@ async def test_ids_that_are_not_canvas_ids_are_never_put_in_a_path(
     try:
         found = await client.enrich(["course"], event(course_id="2107~565"))
         assert found.values["course"]["name"] == "Computer Science I"
+    finally:
+        await client.close()
+
+
+async def test_grade_change_and_discussion_events_find_their_submission_and_topic(
+    fake: FakeCanvas, store: Store
+) -> None:
+    fake.submissions[("565", "355", "48")] = {"id": 11086, "score": 5, "user_id": 48}
+    fake.topics[("565", "77")] = {"id": 77, "title": "Week 1 questions"}
+    client = client_for(fake, store)
+    try:
+        grade = copy.deepcopy(example("grade_change"))
+        found = await client.enrich(["submission", "assignment", "course"], grade)
+        assert found.values["submission"]["score"] == 5
+        assert found.values["assignment"] is None  # not in the fake: a 404
+        assert found.values["course"]["name"] == "Computer Science I"
+        entry = copy.deepcopy(example("discussion_entry_created"))
+        entry["body"]["discussion_topic_id"] = "77"
+        found = await client.enrich(["discussion_topic"], entry)
+        assert found.values["discussion_topic"]["title"] == "Week 1 questions"
     finally:
         await client.close()
