@@ -214,8 +214,7 @@ class CanvasClient:
         or ``CanvasRefused``."""
         async with self._slots:
             now = time.monotonic()
-            if now < self._paused_until:
-                self.metrics.canvas_requests.labels("throttled").inc()
+            if now < self._paused_until:  # not sent: Canvas asked us to wait
                 raise CanvasUnavailable(
                     "throttled (403 Rate Limit Exceeded)", retry_after=self._paused_until - now
                 )

@@ -2,6 +2,7 @@
 the fake Canvas API on 127.0.0.1 and a verifying webhook receiver."""
 
 import copy
+import shutil
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from router.config_source import ConfigErrors
 from router.plugins import load_plugins
 from router.rules import load_rules
 from tests.canvas_fake import TOKEN, FakeCanvas
-from tests.conftest import ServiceFactory, StoreDB, example
+from tests.conftest import ROOT, ServiceFactory, StoreDB, example
 from tests.receiver import SECRET, WebhookReceiver
 from tests.test_delivery import deliveries, until
 
@@ -277,3 +278,27 @@ def test_the_canvas_token_is_a_secret(tmp_path: Path) -> None:
     assert "tok-5e9a" in loaded.secrets
     assert loaded.canvas is not None and "tok-5e9a" not in repr(loaded.canvas)
     assert loaded.canvas.max_wait == 3600 and loaded.canvas.cache == 3600
+
+
+async def test_the_default_templates_use_names_where_a_rule_enriches(
+    service: ServiceFactory,
+    canvas: FakeCanvas,
+    receiver: WebhookReceiver,
+    templates: Path,
+) -> None:
+    shutil.rmtree(templates)
+    shutil.copytree(ROOT / "templates", templates)  # the shipped templates
+    canvas.add_user("48", "Ada Student", "ada@example.edu")
+    canvas.assignments[("565", "355")] = {"id": 355, "name": "Essay 1", "course_id": 565}
+    rule = """\
+    - name: grades
+      events: [grade_change]
+      enrich: [user, assignment, course]
+      notify: [hook]
+    """
+    client = await service(rules(canvas, receiver.url, rule))
+    await client.post("/events", json=example("grade_change"))
+    [got] = await receiver.wait_for(1)
+    assert got.body["title"] == "Grade changed: 4 → 5 for Ada Student"
+    assert "Essay 1" in got.body["text"] and "Ada Student" in got.body["text"]
+    assert "user 48" not in got.body["text"]
