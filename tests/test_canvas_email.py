@@ -2,13 +2,16 @@
 them at the fake Canvas API) with the course's name in the subject, through the default
 templates, the real router and a real SMTP server (aiosmtpd)."""
 
+import asyncio
 import copy
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from aiosmtpd.controller import Controller
+from click.testing import CliRunner
 
+from router.cli import cli
 from tests.canvas_fake import TOKEN, FakeCanvas
 from tests.conftest import ServiceFactory, StoreDB, example
 from tests.test_delivery import deliveries, until
@@ -45,6 +48,7 @@ async def test_syllabus_updated_emails_each_teacher_with_the_course_name(
     canvas: FakeCanvas,
     mail: tuple[Mailbox, Controller],
     store_db: StoreDB,
+    db_url: str,
 ) -> None:
     mailbox, controller = mail
     rules = textwrap.dedent(
@@ -83,3 +87,11 @@ async def test_syllabus_updated_emails_each_teacher_with_the_course_name(
     assert dead["key"].endswith(":syllabus-to-teachers:teachers-mail:200")
     assert "Nomail Teacher (Canvas user 200) has no email address" in dead["last_error"]
     assert len(deliveries(store_db)) == 13
+    # The dead-letter view shows who it was for and the Canvas data the message used.
+    show = ["dlq", "show", str(dead["id"]), "--db", db_url]
+    result = await asyncio.to_thread(CliRunner().invoke, cli, show)  # it runs its own loop
+    assert result.exit_code == 0, result.output
+    assert '"name": "Nomail Teacher"' in result.output
+    assert "Canvas data used (enrich:):" in result.output
+    assert '"name": "Computer Science I"' in result.output
+    assert TOKEN not in result.output
