@@ -302,3 +302,34 @@ async def test_the_default_templates_use_names_where_a_rule_enriches(
     assert got.body["title"] == "Grade changed: 4 → 5 for Ada Student"
     assert "Essay 1" in got.body["text"] and "Ada Student" in got.body["text"]
     assert "user 48" not in got.body["text"]
+
+
+async def test_a_burst_during_an_outage_is_routed_whole_once_canvas_is_back(
+    service: ServiceFactory, canvas: FakeCanvas, receiver: WebhookReceiver, store_db: StoreDB
+) -> None:
+    canvas.fail_next = 6
+    client = await service(rules(canvas, receiver.url, SYLLABUS_RULE))
+    for n in range(5):
+        assert (await client.post("/events", json=syllabus(n))).status == 202
+    got = await receiver.wait_for(5, timeout=30)
+    assert [r.body["title"] for r in got] == ["Syllabus changed: Computer Science I"] * 5
+    assert len(deliveries(store_db)) == 5
+    assert store_db.rows("SELECT count(*) FROM events WHERE state = 'pending'") == [(0,)]
+
+
+async def test_a_reload_with_another_canvas_section_uses_it(
+    service: ServiceFactory, canvas: FakeCanvas, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    client = await service(
+        rules(canvas, receiver.url, SYLLABUS_RULE).replace(TOKEN, "wrong-token"),
+        admin_token=ADMIN,
+        reload_poll=0,
+    )
+    await client.post("/events", json=syllabus())
+    await until(lambda: canvas.hits["/api/v1/courses/21070000000000565"] >= 1)
+    assert receiver.received == []  # 401: the event waits
+    (tmp_path / "rules.yaml").write_text(rules(canvas, receiver.url, SYLLABUS_RULE))
+    resp = await client.post("/-/reload", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert resp.status == 200
+    [got] = await receiver.wait_for(1, timeout=20)
+    assert got.body["title"] == "Syllabus changed: Computer Science I"
