@@ -54,6 +54,7 @@ class FakeCanvas:
     throttle_method: str | None = None  # throttle only requests of this method
     max_per_page: int = 50  # Canvas caps per_page itself; tests cap lower to force pages
     unreachable: set[str] = field(default_factory=set)  # users no message may reach
+    next_origin: str | None = None  # a misbehaving server: rel="next" on another host
     server: TestServer | None = None
 
     @property
@@ -195,7 +196,10 @@ class FakeCanvas:
 
         links = [link(page, "current")]
         if page < last:
-            links.append(link(page + 1, "next"))
+            following = link(page + 1, "next")
+            if self.next_origin is not None:
+                following = following.replace(str(request.url.origin()), self.next_origin)
+            links.append(following)
         if page > 1:
             links.append(link(page - 1, "prev"))
         links += [link(1, "first"), link(last, "last")]

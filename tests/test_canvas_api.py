@@ -263,3 +263,17 @@ async def test_grade_change_and_discussion_events_find_their_submission_and_topi
         assert found.values["discussion_topic"]["title"] == "Week 1 questions"
     finally:
         await client.close()
+
+
+async def test_the_token_never_follows_a_next_link_to_another_host(
+    fake: FakeCanvas, store: Store
+) -> None:
+    fake.next_origin = "http://127.0.0.2:9"
+    client = client_for(fake, store)
+    try:
+        found = await client.enrich(["teachers"], event(course_id="565"))
+        assert found.values["teachers"] is None
+        assert "next page on another host" in found.missing["teachers"]
+        assert found.unavailable is None  # retrying cannot help
+    finally:
+        await client.close()
