@@ -249,6 +249,11 @@ def test_validate_names_bad_enrichments_and_a_missing_canvas_section(tmp_path: P
                 events: [syllabus_updated]
                 recipients: course
                 notify: [hook]
+              - name: c
+                events: [syllabus_updated]
+                recipients: teachers
+                digest: {wait: 10m}
+                notify: [hook]
             """,
         )
     text = str(caught.value)
@@ -256,6 +261,7 @@ def test_validate_names_bad_enrichments_and_a_missing_canvas_section(tmp_path: P
     assert "(did you mean 'course'?)" in text
     assert "rules[0].enrich: this rule reads the Canvas API, but the file has no `canvas:`" in text
     assert "rules[1].recipients: recipients 'course' is not a person or a list of people" in text
+    assert "rules[2].recipients: recipients and digest cannot be combined" in text
 
 
 def test_the_canvas_token_is_a_secret(tmp_path: Path) -> None:
