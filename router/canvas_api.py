@@ -13,7 +13,6 @@ adding to the bucket.
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +32,6 @@ __all__ = ["CanvasClient", "CanvasRefused", "CanvasUnavailable", "Enrichment"]
 
 log = logging.getLogger(__name__)
 
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::\d{1,5})?")
 #: Below this remaining quota the client spaces requests out (Canvas' default bucket
 #: holds 700 and refills faster than real time: one request at a time rarely drains it).
 LOW_QUOTA = 100.0
@@ -90,6 +88,7 @@ class CanvasClient:
         self._paused_until = 0.0  # time.monotonic(): throttled, no requests before
         self._not_before = 0.0  # time.monotonic(): spacing while the quota is low
         self.last_error: str | None = None
+        self._hosts = {host.lower() for host in config.hosts}
 
     async def close(self) -> None:
         """Close the HTTP session (requests in flight fail)."""
@@ -98,13 +97,14 @@ class CanvasClient:
             self._session = None
 
     def base_url(self, event: Mapping[str, Any]) -> str | None:
-        """The instance to ask about this event: ``canvas.url``, else the event's host."""
+        """The instance to ask about this event: ``canvas.url``, else the event's
+        ``metadata.hostname`` if ``canvas.hosts`` lists it (None otherwise)."""
         if self.config.url:
             return self.config.url.rstrip("/")
         metadata = event.get("metadata")
         host = metadata.get("hostname") if isinstance(metadata, Mapping) else None
-        if isinstance(host, str) and _HOSTNAME.fullmatch(host):
-            return f"https://{host}"
+        if isinstance(host, str) and host.lower() in self._hosts:
+            return f"https://{host.lower()}"
         return None
 
     async def enrich(self, names: list[str], event: Mapping[str, Any]) -> Enrichment:
@@ -119,7 +119,7 @@ class CanvasClient:
             if request is None:
                 continue  # nothing to look up: the variable is none, as for a 404
             if base is None:
-                found.missing[name] = "no canvas.url and the event has no metadata.hostname"
+                found.missing[name] = "the event's metadata.hostname is not in canvas.hosts"
             else:
                 requests[name] = request
         if not requests or base is None:

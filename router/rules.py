@@ -27,6 +27,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     create_model,
+    model_validator,
 )
 
 from router.canvas_events import likely_typo
@@ -170,6 +171,11 @@ class CanvasConfig(BaseModel):
         " https://<metadata.hostname> of each event",
     )
     token: SecretStr = Field(description="an access token with read rights on courses and users")
+    hosts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+(:\d{1,5})?$")]] = Field(
+        default_factory=list,
+        description="without url: the Canvas hostnames events may name; the token is sent"
+        " to no other",
+    )
     cache: Duration = Field(3600.0, description="how long fetched objects are reused")
     max_wait: Duration = Field(
         3600.0,
@@ -179,6 +185,17 @@ class CanvasConfig(BaseModel):
     concurrency: int = Field(4, ge=1, le=64, description="requests in flight at once")
     timeout: float = Field(30.0, gt=0, le=600, description="seconds per request")
     max_pages: int = Field(20, ge=1, le=1000, description="pages read of one list")
+
+    @model_validator(mode="after")
+    def _somewhere_known(self) -> "CanvasConfig":
+        # metadata.hostname comes from the event: sending the token wherever an event
+        # points would hand it to anyone who can post one.
+        if not self.url and not self.hosts:
+            raise ValueError(
+                "set url, or hosts (the Canvas hostnames events may name): the token is"
+                " sent only there"
+            )
+        return self
 
 
 class RuleSpec(BaseModel):

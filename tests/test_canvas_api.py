@@ -277,3 +277,21 @@ async def test_the_token_never_follows_a_next_link_to_another_host(
         assert found.unavailable is None  # retrying cannot help
     finally:
         await client.close()
+
+
+async def test_without_url_the_token_goes_only_to_listed_hosts(store: Store) -> None:
+    with pytest.raises(ValueError, match="set url, or hosts"):
+        CanvasConfig(token=TOKEN)
+    settings = CanvasConfig(token=TOKEN, hosts=["Oxana.instructure.com"])
+    client = CanvasClient(settings, store, Metrics())
+    try:
+        listed = {"metadata": {"hostname": "oxana.instructure.com"}, "body": {"course_id": "5"}}
+        assert client.base_url(listed) == "https://oxana.instructure.com"
+        evil = {"metadata": {"hostname": "evil.example.com"}, "body": {"course_id": "5"}}
+        assert client.base_url(evil) is None
+        found = await client.enrich(["course"], evil)
+        assert found.values == {"course": None} and found.unavailable is None
+        assert found.missing == {"course": "the event's metadata.hostname is not in canvas.hosts"}
+        assert client.metrics.totals().get("router_canvas_api_requests_total", 0.0) == 0.0
+    finally:
+        await client.close()
