@@ -54,7 +54,7 @@ from router.testing import run_router
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
-GUIDE_PLUGIN_MARKER = "# router_teams.py"
+GUIDE_PLUGIN_MARKER = "# router_gotify.py"
 MARKER = re.compile(r"^<!-- check: (?P<kind>[\w-]+)(?P<options>[^>]*?)\s*-->$")
 FENCE = re.compile(r"^```(?P<lang>\w*)[^\n]*$")
 QUICK_START = [
@@ -163,12 +163,12 @@ def test_commands_after_the_quick_start_name_the_venv() -> None:
 
 @pytest.fixture
 def guide_plugin_dir(tmp_path: Path) -> Path:
-    """docs/plugins.md's example plugin, so that examples may use `type: teams`."""
+    """docs/plugins.md's example plugin, so that examples may use `type: gotify`."""
     guide = (ROOT / "docs" / "plugins.md").read_text()
     [code] = [code for code in blocks_of_text(guide) if code.startswith(GUIDE_PLUGIN_MARKER)]
     directory = tmp_path / "plugins"
     directory.mkdir()
-    (directory / "router_teams.py").write_text(code)
+    (directory / "router_gotify.py").write_text(code)
     return directory
 
 
