@@ -72,7 +72,8 @@ class ChannelConfig(BaseModel):
 class Message(BaseModel):
     """One rendered notification for one channel, as handed to ``Channel.send``.
 
-    ``key`` is stable across retries and replays (event id + rule + channel): pass it
+    ``key`` is stable across retries and replays (event id + rule + channel, + the
+    recipient's Canvas user id on a rule with ``recipients:``): pass it
     to receivers that can drop repeats (webhooks send it as ``webhook-id``).
     ``blocks`` holds every block the template defined, rendered (``title``, ``text``,
     ``html``, ``json``, ``slack_blocks``, ...); ``text`` is the ``text`` block, or the
@@ -98,6 +99,10 @@ class Message(BaseModel):
     text: str = ""
     blocks: dict[str, str] = Field(default_factory=dict)
     event_json: bytes = b"{}"
+    #: The person this delivery is for, on a rule with ``recipients:`` (one delivery
+    #: per person): their Canvas ``id``, ``name``, ``email`` and ``time_zone`` (None
+    #: where Canvas does not say), plus the other fields Canvas gave. None otherwise.
+    recipient: dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod

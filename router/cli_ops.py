@@ -270,6 +270,12 @@ def dlq_show(delivery_id: int, db: str | None, as_json: bool) -> None:
         click.echo(f"\nmessage title: {message.get('title', '')}")
         for line in str(message.get("text", "")).splitlines():
             click.echo(f"  | {line}")
+        if message.get("recipient"):
+            click.echo("\nrecipient:")
+            click.echo(orjson.dumps(message["recipient"], option=orjson.OPT_INDENT_2).decode())
+        if message.get("canvas"):
+            click.echo("\nCanvas data used (enrich:):")
+            click.echo(orjson.dumps(message["canvas"], option=orjson.OPT_INDENT_2).decode())
     click.echo("\nevent:")
     click.echo(orjson.dumps(event, option=orjson.OPT_INDENT_2).decode())
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from router.canvas_api import Enrichment
 from router.events import (
     BadRequest,
     InvalidEvents,
@@ -76,7 +77,13 @@ def dry_run(router: Router, files: list[Path]) -> list[EventReport]:
             payload = orjson.loads(parsed.payload)
             now = event_time(payload, started)
             event = InboxEvent(index, parsed.id, parsed.name, parsed.payload, now)
-            decision = router.decide(event, payload, None, now=now, explain=True)
+            # No Canvas API calls here: what a rule would fetch is none, and says why.
+            names = router.rules.enrich_names(parsed.name)
+            canvas = Enrichment(
+                values=dict.fromkeys(names),
+                missing=dict.fromkeys(names, "router test does not call the Canvas API"),
+            )
+            decision = router.decide(event, payload, None, now=now, explain=True, canvas=canvas)
             messages = [
                 {"rule": rule, "channel": channel, **message}
                 for (rule, channel), message in decision.rendered.items()

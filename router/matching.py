@@ -7,7 +7,7 @@ further blocks. Every condition can also say why it failed (``router test --expl
 
 import difflib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import re2
@@ -70,10 +70,13 @@ def _dotted_key(data: Mapping[str, Any], parts: list[str], index: int) -> Any:
 
 @dataclass(frozen=True)
 class MatchContext:
-    """What conditions see: the event, and the entity's previous snapshot if any."""
+    """What conditions see: the event, and the entity's previous snapshot if any.
+    ``extra`` holds what ``enrich:`` fetched (``course``, ``teachers``, ...): ``if:``
+    sees each as a name, and ``match:`` paths start with it (``course.name``)."""
 
     event: Mapping[str, Any]
     previous: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _same(value: Any, operand: Any) -> bool:

@@ -221,6 +221,36 @@ class Metrics:
             ["plugin", "hook"],
             registry=r,
         )
+        # -- the Canvas REST API (enrich: in rules) -----------------------------------
+        self.canvas_requests = Counter(
+            "router_canvas_api_requests",
+            "Requests made to the Canvas API, by outcome: ok, not_found (404: the"
+            " variable is none), throttled (403 Rate Limit Exceeded), error (down, 5xx,"
+            " timeout, refused token).",
+            ["outcome"],
+            registry=r,
+        )
+        self.canvas_cache_hits = Counter(
+            "router_canvas_api_cache_hits",
+            "Canvas API answers reused from the store's cache instead of requested.",
+            registry=r,
+        )
+        self.canvas_rate_limit_remaining = Gauge(
+            "router_canvas_api_rate_limit_remaining",
+            "X-Rate-Limit-Remaining of the latest Canvas API answer (-1 until one says).",
+            registry=r,
+        )
+        self.canvas_rate_limit_remaining.set(-1)
+        self.canvas_events_waiting = Counter(
+            "router_canvas_api_events_held",
+            "Times an event's routing was put off because the Canvas API was unavailable.",
+            registry=r,
+        )
+        self.canvas_routed_without = Counter(
+            "router_canvas_api_routed_without_data",
+            "Events routed without some Canvas data after canvas.max_wait.",
+            registry=r,
+        )
         # -- store (refreshed at scrape time) ---------------------------------------
         self.events_pending = Gauge(
             "router_events_pending", "Accepted events not yet routed.", registry=r

@@ -52,9 +52,11 @@ UNRENDERABLE = b"{}"
 # -- keys ------------------------------------------------------------------------------
 
 
-def delivery_key(event_id: str, rule: str, channel: str) -> str:
-    """The idempotency key of a delivery: stable across retries, replays and restarts."""
-    return f"{event_id}:{rule}:{channel}"
+def delivery_key(event_id: str, rule: str, channel: str, recipient: str | None = None) -> str:
+    """The idempotency key of a delivery: stable across retries, replays and restarts.
+    A rule with ``recipients:`` makes one delivery per person: their id ends the key."""
+    key = f"{event_id}:{rule}:{channel}"
+    return key if recipient is None else f"{key}:{recipient}"
 
 
 def digest_key(digest_id: int, rule: str, channel: str) -> str:
@@ -65,16 +67,27 @@ def digest_key(digest_id: int, rule: str, channel: str) -> str:
 # -- the stored message ------------------------------------------------------------------
 
 
-def encode_message(rendered: Rendered) -> bytes:
-    """The stored form of a rendered message."""
-    return orjson.dumps(
-        {
-            "template": rendered.template,
-            "title": rendered.title,
-            "text": rendered.text,
-            "blocks": rendered.blocks,
-        }
-    )
+def encode_message(
+    rendered: Rendered,
+    *,
+    canvas: Mapping[str, Any] | None = None,
+    recipient: Mapping[str, Any] | None = None,
+) -> bytes:
+    """The stored form of a rendered message. ``canvas``: what ``enrich:`` fetched for
+    it (names, and ``missing`` with why some are none), kept so the dead-letter view
+    shows what was used; ``recipient``: the person it is for (``recipients:``), which
+    the channel gets as ``Message.recipient`` on every attempt and replay."""
+    stored: dict[str, Any] = {
+        "template": rendered.template,
+        "title": rendered.title,
+        "text": rendered.text,
+        "blocks": rendered.blocks,
+    }
+    if canvas:
+        stored["canvas"] = canvas
+    if recipient is not None:
+        stored["recipient"] = recipient
+    return orjson.dumps(stored)
 
 
 def is_raw_event(message: Mapping[str, Any]) -> bool:
@@ -105,6 +118,7 @@ def message_for(job: DeliveryJob, attempt: int) -> tuple[Message, bool]:
             text=stored.get("text", ""),
             blocks=stored.get("blocks", {}),
             event_json=job.event,
+            recipient=stored.get("recipient"),
         )
     except orjson.JSONDecodeError as exc:
         raise DamagedMessage(f"stored message is damaged: {exc}") from None

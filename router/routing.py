@@ -7,6 +7,8 @@ doubles a job. It also flushes digest groups whose wait is over.
 """
 
 import asyncio
+import dataclasses
+import html
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -16,6 +18,7 @@ from typing import Any
 import orjson
 
 from router.caliper import is_caliper_event
+from router.canvas_api import CanvasClient, Enrichment
 from router.channels import DeliveryOutcome
 from router.matching import MISSING, MatchContext, lookup
 from router.metrics import Metrics
@@ -52,6 +55,8 @@ BATCH = 64  # small enough not to hold up ingest requests for long
 LEASE_SECONDS = 60.0
 DIGEST_BATCH = 32
 DIGEST_POLL = 1.0  # digests wait minutes: looking for due groups once a second is plenty
+CANVAS_BACKOFF = 1.0  # first wait of an event whose Canvas data is unavailable; doubles
+CANVAS_BACKOFF_CAP = 300.0
 #: Silences are read from the store this often, so one made by ``router silence add``
 #: in another process (or by another replica) applies within about this long.
 SILENCE_POLL = 1.0
@@ -85,16 +90,20 @@ class Router:
         *,
         now: float,
         explain: bool = False,
+        canvas: Enrichment | None = None,
         silences: ActiveSilences = (),
     ) -> Decision:
-        """Route one event (``payload`` is its parsed JSON) given its entity's snapshot.
+        """Route one event (``payload`` is its parsed JSON) given its entity's snapshot
+        and what ``enrich:`` fetched for it from Canvas.
 
         A delivery that an active silence selects is recorded ``silenced``; one whose
         rule or channel is in a quiet-hours window is ``held`` until the window ends
         (``during_mute: hold``) or ``muted`` (``drop``). A digest rule in a holding
         window collects its events until the window ends."""
         previous = previous_event(payload, snapshot)
-        ctx = MatchContext(payload, previous)
+        canvas = canvas or Enrichment()
+        values = canvas.values
+        ctx = MatchContext({**payload, **values} if values else payload, previous, values)
         fired = self.rules.evaluate(event.name, ctx)
         skipped = {}
         if explain:
@@ -118,6 +127,8 @@ class Router:
             default_time_zone=self.rules.defaults.time_zone,
             display_time_zone=self.rules.defaults.display_time_zone,
         )
+        variables.update(values)
+        variables["canvas_missing"] = canvas.missing
         # A Caliper event looks for its own templates (course_created.caliper.j2) before
         # the defaults: the Canvas form's templates read fields it does not have.
         template_key = f"{event.name}.caliper" if is_caliper_event(payload) else event.name
@@ -141,16 +152,35 @@ class Router:
                 )
                 continue
             throttle = self._throttle(rule, variables, now)
+            people = self._recipients(event, rule, canvas)
             for channel in rule.notify:
-                job = self._job(event, rule, channel, variables, throttle, template_key)
-                job = self._quieted(job, rule, event.name, ctx, silences, now)
-                deliveries.append(job)
+                if people is None:
+                    jobs = [
+                        self._job(event, rule, channel, variables, throttle, template_key, canvas)
+                    ]
+                else:
+                    jobs = [
+                        self._job(
+                            event, rule, channel, variables, throttle, template_key, canvas, person
+                        )
+                        for person in people
+                    ]
+                    if not people and rule.spec.recipients in canvas.missing:
+                        # Nobody to send to because Canvas did not say who: a dead
+                        # letter that says so, not silence.
+                        reason = canvas.missing[rule.spec.recipients]
+                        error = f"no recipients: {rule.spec.recipients} unknown ({reason})"
+                        key = delivery_key(event.id, rule.name, channel, "unknown")
+                        jobs = [NewDelivery(key, rule.name, channel, UNRENDERABLE, error)]
+                jobs = [self._quieted(j, rule, event.name, ctx, silences, now) for j in jobs]
+                deliveries.extend(jobs)
                 if explain:
-                    rendered[(rule.name, channel)] = (
-                        orjson.loads(job.message)
-                        | ({"error": job.error} if job.error else {})
-                        | _quiet_note(job)
-                    )
+                    for job in jobs:
+                        rendered[(rule.name, channel)] = (
+                            orjson.loads(job.message)
+                            | ({"error": job.error} if job.error else {})
+                            | _quiet_note(job)
+                        )
         key = entity_key(payload)
         new_snapshot = None
         if key is not None:
@@ -201,6 +231,24 @@ class Router:
                 key = "(unrenderable key)"
         return (f"{rule.name}:{key}", now + rule.throttle.per)
 
+    @staticmethod
+    def _recipients(
+        event: InboxEvent, rule: Rule, canvas: Enrichment
+    ) -> list[dict[str, Any]] | None:
+        """The people a rule with ``recipients:`` fans out to (None: it has none)."""
+        name = rule.spec.recipients
+        if name is None:
+            return None
+        found = canvas.values.get(name)
+        people = [found] if isinstance(found, dict) else list(found or [])
+        people = [p for p in people if isinstance(p, dict) and p.get("id")]
+        if not people and name not in canvas.missing:
+            log.info(
+                "no recipients: the list is empty",
+                extra={"event_id": event.id, "rule": rule.name, "recipients": name},
+            )
+        return people
+
     def _job(
         self,
         event: InboxEvent,
@@ -209,16 +257,22 @@ class Router:
         variables: dict[str, Any],
         throttle: tuple[str, float] | None,
         template_key: str,
+        canvas: Enrichment | None = None,
+        recipient: dict[str, Any] | None = None,
     ) -> NewDelivery:
         """One delivery; a message that cannot be rendered is born dead with its error,
         so it lands in the dead letters instead of vanishing."""
-        key = delivery_key(event.id, rule.name, channel)
+        person = None if recipient is None else str(recipient["id"])
+        key = delivery_key(event.id, rule.name, channel, person)
         try:
             definition = self.rules.channels[channel]
             if not renders_message(definition):
                 return NewDelivery(key, rule.name, channel, NOT_RENDERED, throttle=throttle)
             name = self.templates.resolve(rule.template, template_key, definition.type.name)
-            message = self._render(name, {**variables, "rule": rule.name, "channel": channel})
+            local = {**variables, "rule": rule.name, "channel": channel}
+            if recipient is not None:
+                local["recipient"] = recipient
+            message = self._render(name, local, rule, canvas, recipient)
             return NewDelivery(key, rule.name, channel, message, throttle=throttle)
         except RenderError as exc:
             return NewDelivery(key, rule.name, channel, UNRENDERABLE, str(exc), throttle)
@@ -233,8 +287,25 @@ class Router:
             error = f"routing failed: {type(exc).__name__}: {exc}"
             return NewDelivery(key, rule.name, channel, UNRENDERABLE, error, throttle)
 
-    def _render(self, name: str, variables: dict[str, Any]) -> bytes:
-        return encode_message(self.templates.render(name, variables))
+    def _render(
+        self,
+        name: str,
+        variables: dict[str, Any],
+        rule: Rule | None = None,
+        canvas: Enrichment | None = None,
+        recipient: dict[str, Any] | None = None,
+    ) -> bytes:
+        rendered = self.templates.render(name, variables)
+        if rule is None or canvas is None or not rule.enrich:
+            return encode_message(rendered, recipient=recipient)
+        # What the rule fetched is stored with the message (a list it fans out to is
+        # stored as the one recipient, not copied into every person's delivery).
+        used = {n: canvas.values.get(n) for n in rule.enrich if n != rule.spec.recipients}
+        missing = {n: why for n, why in canvas.missing.items() if n in rule.enrich}
+        if missing:
+            rendered = _say_missing(rendered, missing)
+            used["missing"] = missing
+        return encode_message(rendered, canvas=used, recipient=recipient)
 
     def digest_jobs(
         self, digest: DueDigest, *, now: float | None = None, silences: ActiveSilences = ()
@@ -319,6 +390,17 @@ def _plain(value: Any) -> Any:
     return None if value is MISSING else value
 
 
+def _say_missing(rendered: Any, missing: dict[str, str]) -> Any:
+    """The message, saying which Canvas data it was sent without and why."""
+    note = "Sent without Canvas data: " + "; ".join(f"{n} ({why})" for n, why in missing.items())
+    blocks = dict(rendered.blocks)
+    if "text" in blocks:
+        blocks["text"] = f"{blocks['text']}\n\n{note}"
+    if "html" in blocks:
+        blocks["html"] = f"{blocks['html']}\n<p><em>{html.escape(note)}</em></p>"
+    return dataclasses.replace(rendered, text=f"{rendered.text}\n\n{note}", blocks=blocks)
+
+
 class RoutingWorker:
     """Background task: route accepted events as soon as they are stored."""
 
@@ -343,9 +425,73 @@ class RoutingWorker:
         self._wake = asyncio.Event()
         self._digests_checked = -DIGEST_POLL  # time.monotonic() of the last full look
         self._joined_digest = False
+        self.canvas: CanvasClient | None = None  # made for the rules' canvas: section
+        self._canvas_tries: dict[int, int] = {}  # event seq -> enrichments that failed
         self.silences: list[tuple[Silence, SilenceMatcher]] = []
         self._silences_checked = -SILENCE_POLL
         self._bad_silences: set[str] = set()  # logged once each
+
+    async def close(self) -> None:
+        """Close the Canvas API client (after the worker stopped)."""
+        if self.canvas is not None:
+            await self.canvas.close()
+            self.canvas = None
+
+    async def _canvas_client(self, router: Router) -> CanvasClient | None:
+        """The client for the loaded rules' ``canvas:`` (a reload may change it)."""
+        config = router.rules.canvas
+        if self.canvas is not None and (config is None or self.canvas.config != config):
+            await self.close()
+        if config is not None and self.canvas is None:
+            self.canvas = CanvasClient(config, self.store, self.metrics, clock=self.clock)
+        return self.canvas
+
+    async def _enrich(
+        self, router: Router, events: list[InboxEvent], payloads: dict[int, Any]
+    ) -> tuple[dict[int, Enrichment], set[int]]:
+        """Fetch what the rules selecting each event enrich it with. An event whose data
+        is unavailable (API down, 5xx, throttled) is held and tried again with backoff,
+        until ``canvas.max_wait`` after its acceptance; then it is routed without."""
+        client = await self._canvas_client(router)
+        wanted = {e.seq: router.rules.enrich_names(e.name) for e in events}
+        todo = [e for e in events if wanted[e.seq]]
+        if client is None or not todo:
+            return {}, set()
+        results = await asyncio.gather(
+            *(client.enrich(wanted[e.seq], payloads[e.seq]) for e in todo)
+        )
+        enriched: dict[int, Enrichment] = {}
+        held: set[int] = set()
+        now = self.clock()
+        for event, result in zip(todo, results, strict=True):
+            failure = result.unavailable
+            deadline = event.received_at + client.config.max_wait
+            if failure is not None and now < deadline:
+                tries = self._canvas_tries[event.seq] = self._canvas_tries.get(event.seq, 0) + 1
+                wait = min(CANVAS_BACKOFF_CAP, CANVAS_BACKOFF * 2 ** (tries - 1))
+                wait = min(max(wait, failure.retry_after or 0.0), deadline - now)
+                await self.store.hold_event(event.seq, until=now + max(wait, 0.05))
+                held.add(event.seq)
+                self.metrics.canvas_events_waiting.inc()
+                log.warning(
+                    "routing waits for the Canvas API",
+                    extra={
+                        "event_id": event.id,
+                        "error": str(failure),
+                        "retry_in": round(wait, 3),
+                        "attempt": tries,
+                    },
+                )
+                continue
+            self._canvas_tries.pop(event.seq, None)
+            if failure is not None:
+                self.metrics.canvas_routed_without.inc()
+                log.warning(
+                    "routed without Canvas data after canvas.max_wait",
+                    extra={"event_id": event.id, "missing": sorted(result.missing)},
+                )
+            enriched[event.seq] = result
+        return enriched, held
 
     def wake(self) -> None:
         """Called after events are accepted."""
@@ -427,6 +573,10 @@ class RoutingWorker:
             return 0
         router = self.router()
         payloads = {e.seq: orjson.loads(e.payload) for e in events}
+        enriched, held = await self._enrich(router, events, payloads)
+        events = [e for e in events if e.seq not in held]
+        if not events:
+            return 0
         keys = {seq: entity_key(payload) for seq, payload in payloads.items()}
         stored = await self.store.load_snapshots([k for k in keys.values() if k])
         snapshots: dict[str, dict[str, Any] | None] = {
@@ -438,7 +588,12 @@ class RoutingWorker:
             key = keys[event.seq]
             snapshot = snapshots.get(key) if key else None
             decision = router.decide(
-                event, payloads[event.seq], snapshot, now=now, silences=self.silences
+                event,
+                payloads[event.seq],
+                snapshot,
+                now=now,
+                silences=self.silences,
+                canvas=enriched.get(event.seq),
             )
             self._count_quieted(decision.routed.deliveries)
             if decision.routed.snapshot is not None and key:

@@ -27,9 +27,11 @@ from pydantic import (
     SecretStr,
     ValidationError,
     create_model,
+    model_validator,
 )
 
 from router.canvas_events import likely_typo
+from router.canvas_lookups import LOOKUPS, PEOPLE
 from router.channels import HOST_KEYS, ChannelConfig
 from router.config_source import (
     ConfigError,
@@ -48,6 +50,7 @@ from router.templates import SUFFIX, Templates
 
 __all__ = [
     "UNKNOWN_CHANNEL_TYPE",
+    "CanvasConfig",
     "ChannelDef",
     "ChannelOptions",
     "Digest",
@@ -166,6 +169,45 @@ class Defaults(BaseModel):
     )
 
 
+class CanvasConfig(BaseModel):
+    """``canvas:``: the Canvas REST API that ``enrich:`` reads, declared once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#\s]+/?$",
+        description="the instance, e.g. https://canvas.example.edu; default:"
+        " https://<metadata.hostname> of each event",
+    )
+    token: SecretStr = Field(description="an access token with read rights on courses and users")
+    hosts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+(:\d{1,5})?$")]] = Field(
+        default_factory=list,
+        description="without url: the Canvas hostnames events may name; the token is sent"
+        " to no other",
+    )
+    cache: Duration = Field(3600.0, description="how long fetched objects are reused")
+    max_wait: Duration = Field(
+        3600.0,
+        description="how long an event waits for an unavailable API before it is"
+        " routed without the missing data",
+    )
+    concurrency: int = Field(4, ge=1, le=64, description="requests in flight at once")
+    timeout: float = Field(30.0, gt=0, le=600, description="seconds per request")
+    max_pages: int = Field(20, ge=1, le=1000, description="pages read of one list")
+
+    @model_validator(mode="after")
+    def _somewhere_known(self) -> "CanvasConfig":
+        # metadata.hostname comes from the event: sending the token wherever an event
+        # points would hand it to anyone who can post one.
+        if not self.url and not self.hosts:
+            raise ValueError(
+                "set url, or hosts (the Canvas hostnames events may name): the token is"
+                " sent only there"
+            )
+        return self
+
+
 class RuleSpec(BaseModel):
     """One routing rule as written: which events, which conditions, which channels."""
 
@@ -181,6 +223,8 @@ class RuleSpec(BaseModel):
     continue_: bool = Field(True, alias="continue")
     throttle: Throttle | None = None
     digest: Digest | None = None
+    enrich: list[str] = Field(default_factory=list)
+    recipients: str | None = None
     mute: list[Any] | None = None
     during_mute: DuringMute = "hold"
 
@@ -211,6 +255,14 @@ class Rule:
     def digest(self) -> Digest | None:
         return self.spec.digest
 
+    @property
+    def enrich(self) -> list[str]:
+        """What it fetches from Canvas: its ``enrich:`` names and its ``recipients``."""
+        names = list(self.spec.enrich)
+        if self.spec.recipients and self.spec.recipients not in names:
+            names.append(self.spec.recipients)
+        return names
+
     def explain(self, ctx: MatchContext) -> str | None:
         """None when the rule's conditions hold for this event, else the first reason."""
         reason = self.condition.explain(ctx)
@@ -224,9 +276,10 @@ class Rule:
 
 
 def expression_vars(ctx: MatchContext) -> dict[str, Any]:
-    """The names an ``if:`` expression sees."""
+    """The names an ``if:`` expression sees (and what ``enrich:`` fetched)."""
     event = ctx.event
     return {
+        **ctx.extra,
         "event": event,
         "metadata": event.get("metadata") or {},
         "body": event.get("body") or {},
@@ -243,6 +296,7 @@ class RulesFile(BaseModel):
     version: Literal[1]
     defaults: Defaults = Field(default_factory=Defaults)
     sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    canvas: CanvasConfig | None = None
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     rules: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -315,12 +369,14 @@ class RuleSet:
     defaults: Defaults = field(default_factory=Defaults)
     sources: dict[str, SourceDef] = field(default_factory=dict)
     secrets: set[str] = field(default_factory=set)
+    canvas: CanvasConfig | None = None
     #: Not errors, but likely mistakes: an event name one slip away from a Canvas one,
     #: a channel that no rule notifies.
     warnings: list[ConfigError] = field(default_factory=list)
     _exact: dict[str, list[int]] = field(default_factory=dict, repr=False)
     _globs: list[tuple[str, int]] = field(default_factory=list, repr=False)
     _buckets: dict[str, _Bucket] = field(default_factory=dict, repr=False)
+    _enrich: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for index, rule in enumerate(self.rules):
@@ -367,6 +423,19 @@ class RuleSet:
             [*bucket.plain, *(i for t in bucket.by_value.values() for v in t.values() for i in v)]
         )
         return [self.rules[i] for i in indexes]
+
+    def enrich_names(self, event_name: str) -> list[str]:
+        """What the rules that select this event fetch from Canvas (before matching,
+        since ``match:`` and ``if:`` may use it)."""
+        found = self._enrich.get(event_name)
+        if found is None:
+            names: dict[str, None] = {}
+            for rule in self.selecting(event_name):
+                names.update(dict.fromkeys(rule.enrich))
+            found = list(names)
+            if len(self._enrich) < 10_000:  # unknown event names are unbounded
+                self._enrich[event_name] = found
+        return found
 
     def evaluate(self, event_name: str, ctx: MatchContext) -> list[Rule]:
         """The rules that fire for this event, in file order, honouring ``continue: false``."""
@@ -553,6 +622,7 @@ def _check_rules(
                 )
             )
         seen.setdefault(spec.name, index)
+        _check_enrich(spec, loc, parsed.canvas, source, errors)
         for position, channel in enumerate(spec.notify):
             if channel not in channels:
                 errors.append(
@@ -567,6 +637,44 @@ def _check_rules(
                     errors.append(source.error((*loc, "template"), problem))
         rules.append(_compile_rule(spec, loc, parsed.defaults, env, source, errors))
     return rules
+
+
+def _check_enrich(
+    spec: RuleSpec,
+    loc: tuple[str | int, ...],
+    canvas: CanvasConfig | None,
+    source: SourceMap,
+    errors: list[ConfigError],
+) -> None:
+    names = list(LOOKUPS)
+    for position, name in enumerate(spec.enrich):
+        if name not in LOOKUPS:
+            errors.append(
+                source.error(
+                    (*loc, "enrich", position),
+                    f"unknown enrichment {name!r}{_suggest(name, names)};"
+                    f" known: {', '.join(names)}",
+                )
+            )
+    if spec.recipients is not None and spec.recipients not in PEOPLE:
+        errors.append(
+            source.error(
+                (*loc, "recipients"),
+                f"recipients {spec.recipients!r} is not a person or a list of people"
+                f"{_suggest(spec.recipients, list(PEOPLE))}; use one of: {', '.join(PEOPLE)}",
+            )
+        )
+    if (spec.enrich or spec.recipients) and canvas is None:
+        where = (*loc, "enrich") if spec.enrich else (*loc, "recipients")
+        errors.append(
+            source.error(
+                where, "this rule reads the Canvas API, but the file has no `canvas:` section"
+            )
+        )
+    if spec.recipients is not None and spec.digest is not None:
+        errors.append(
+            source.error((*loc, "recipients"), "recipients and digest cannot be combined")
+        )
 
 
 def _plain_sandbox() -> SandboxedEnvironment:
@@ -674,6 +782,8 @@ def load_rules(
     channels = _check_channels(
         parsed.channels, source, channel_types, errors, secrets, parsed.defaults
     )
+    if parsed.canvas is not None:
+        secrets.update(secret_values(parsed.canvas))
     rules = _check_rules(parsed.rules, parsed, source, templates, errors)
     if templates is not None:
         errors.extend(_template_errors(templates))
@@ -692,6 +802,7 @@ def load_rules(
         defaults=parsed.defaults,
         sources=sources,
         secrets=secrets,
+        canvas=parsed.canvas,
         warnings=sorted(warnings),
     )
 
@@ -731,6 +842,9 @@ def _readable_parts(data: dict[str, Any]) -> RulesFile:
         },
         # Kept whole, so that each rule keeps its index (_check_rules skips the rest).
         rules=rules if isinstance(rules, list) else [],
+        # Present but invalid (reported already): rules that enrich are not told
+        # that it is missing.
+        canvas=CanvasConfig.model_construct() if data.get("canvas") is not None else None,
     )
 
 

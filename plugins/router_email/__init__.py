@@ -89,7 +89,8 @@ Subject = Annotated[str, AfterValidator(functools.partial(_check, address=False)
 
 class EmailConfig(ChannelConfig):
     """Settings of a ``type: email`` channel. ``to``, ``cc``, ``bcc``, ``reply_to`` and
-    ``subject`` may be Jinja templates over ``event``, ``metadata`` and ``body``."""
+    ``subject`` may be Jinja templates over ``event``, ``metadata`` and ``body``, and
+    ``recipient`` on a rule with ``recipients:`` (``to: "{{ recipient.email }}"``)."""
 
     host: str = Field("", description="SMTP server; empty means log what would be sent")
     port: int | None = Field(None, ge=1, le=65535, description="default 465/587/25 by TLS mode")
@@ -172,8 +173,16 @@ class EmailChannel(Channel):
             "event_name": message.event_name,
             "rule": message.rule,
             "channel": message.channel,
+            "recipient": message.recipient,
         }
         cfg = self.config
+        person = message.recipient
+        if person is not None and not person.get("email"):
+            if any("recipient" in s for s in (*cfg.to, *cfg.cc, *cfg.bcc)):
+                raise PermanentError(
+                    f"recipient {person.get('name') or '(no name)'} (Canvas user"
+                    f" {person.get('id')}) has no email address the token may see"
+                )
         to, cc, bcc = (self._mailboxes(f, getattr(cfg, f), context) for f in ("to", "cc", "bcc"))
         envelope = list(dict.fromkeys(box.addr_spec for box in (*to, *cc, *bcc)))
         if not envelope:

@@ -176,6 +176,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     await dispatcher.drain(settings.shutdown_grace)
     tasks[1].cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await routing.close()
     await close_channels(dispatcher.channels)
 
 

@@ -27,6 +27,7 @@ from router.http.keys import (
     METRICS,
     PLUGINS,
     RELOAD,
+    ROUTING,
     SETTINGS,
     SOURCES,
     STORE,
@@ -268,6 +269,24 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
         if value.isalnum():
             flash.append(f"{verb} {value}.")
     plugins = app[PLUGINS]
+    canvas = None
+    if rules.canvas is not None:  # the API's state; never its token
+        calls = {
+            k[0]: v
+            for k, v in metrics.by_label("router_canvas_api_requests_total", "outcome").items()
+        }
+        client = app[ROUTING].canvas if ROUTING in app else None
+        remaining = totals.get("router_canvas_api_rate_limit_remaining", -1.0)
+        canvas = {
+            "url": rules.canvas.url or "https://<metadata.hostname> of each event",
+            "calls": calls,
+            "requests": sum(calls.values()),
+            "cache_hits": totals.get("router_canvas_api_cache_hits_total", 0.0),
+            "held": totals.get("router_canvas_api_events_held_total", 0.0),
+            "without": totals.get("router_canvas_api_routed_without_data_total", 0.0),
+            "remaining": None if remaining < 0 else remaining,
+            "last_error": redact(client.last_error) if client and client.last_error else None,
+        }
     return {
         "now": now,
         "ago": lambda value: _ago(value, now),
@@ -277,6 +296,7 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
         "throughput": throughput,
         "channels": channels,
         "sources": sources,
+        "canvas": canvas,
         "events": events,
         "dead_letters": dead[:DEAD_LETTERS],
         "dead_total": int(queues["dead"]),

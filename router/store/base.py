@@ -230,6 +230,17 @@ class Store(Protocol):
     async def load_snapshots(self, keys: list[str]) -> dict[str, bytes]:
         """The stored snapshots of these entities (absent keys have none)."""
 
+    async def hold_event(self, seq: int, *, until: float) -> None:
+        """Give back a claimed event unrouted (the Canvas API it needs is unavailable):
+        no process claims it again before ``until``."""
+
+    async def load_cached(self, keys: list[str], *, now: float) -> dict[str, bytes]:
+        """Cached Canvas API answers of these keys that have not expired at ``now``."""
+
+    async def save_cached(self, key: str, body: bytes, *, expires_at: float, now: float) -> None:
+        """Cache one Canvas API answer until ``expires_at`` (replacing an older one), and
+        forget answers that expired before ``now``."""
+
     async def record_routing(self, routed: list[RoutedEvent], *, now: float) -> list[str]:
         """Atomically, per event: create its delivery jobs (minus throttled ones), add
         it to digest groups, store its entity snapshot and mark it routed. Returns the

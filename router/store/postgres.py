@@ -203,6 +203,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX silences_by_end ON silences (ends_at);
     """,
+    # v4: Canvas API answers, shared by the replicas and reused until they expire.
+    """
+    CREATE TABLE canvas_cache (
+        key TEXT PRIMARY KEY,
+        body BYTEA NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX canvas_cache_expiry ON canvas_cache (expires_at);
+    """,
 ]
 
 
@@ -634,6 +643,39 @@ class PostgresStore:
                 list(set(keys)),
             )
         return {entity: body for entity, body in rows}
+
+    async def hold_event(self, seq: int, *, until: float) -> None:
+        async with self._acquire() as conn:
+            await conn.execute(
+                "UPDATE events SET lease_until = $2, leased_by = NULL"
+                " WHERE seq = $1 AND state = 'pending'",
+                seq,
+                until,
+            )
+
+    async def load_cached(self, keys: list[str], *, now: float) -> dict[str, bytes]:
+        if not keys:
+            return {}
+        async with self._acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT key, body FROM canvas_cache WHERE key = ANY($1::text[])"
+                " AND expires_at > $2",
+                list(set(keys)),
+                now,
+            )
+        return {key: body for key, body in rows}
+
+    async def save_cached(self, key: str, body: bytes, *, expires_at: float, now: float) -> None:
+        async with self._acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM canvas_cache WHERE expires_at <= $1", now)
+            await conn.execute(
+                "INSERT INTO canvas_cache (key, body, expires_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT (key) DO UPDATE SET body = excluded.body,"
+                " expires_at = excluded.expires_at",
+                key,
+                body,
+                expires_at,
+            )
 
     async def record_routing(self, routed: list[RoutedEvent], *, now: float) -> list[str]:
         if not routed:

@@ -214,6 +214,15 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     );
     CREATE INDEX silences_by_end ON silences (ends_at)
     """,
+    # Canvas API answers, reused until they expire (enrich: in rules).
+    """
+    CREATE TABLE canvas_cache (
+        key TEXT PRIMARY KEY,
+        body BLOB NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX canvas_cache_expiry ON canvas_cache (expires_at);
+    """,
 ]
 
 _STATE_INDEX = {
@@ -449,6 +458,39 @@ class SqliteStore:
             return found
 
         return await self._call(op)
+
+    async def hold_event(self, seq: int, *, until: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            # Leases live in memory (see the class): a held event is one with a long
+            # lease; a restart makes it due at once, which only routes it sooner.
+            self._event_leases[seq] = until
+
+        await self._call(op)
+
+    async def load_cached(self, keys: list[str], *, now: float) -> dict[str, bytes]:
+        def op(conn: sqlite3.Connection) -> dict[str, bytes]:
+            found = {}
+            for key in set(keys):
+                row = conn.execute(
+                    "SELECT body FROM canvas_cache WHERE key = ? AND expires_at > ?", (key, now)
+                ).fetchone()
+                if row is not None:
+                    found[key] = row[0]
+            return found
+
+        return await self._call(op)
+
+    async def save_cached(self, key: str, body: bytes, *, expires_at: float, now: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM canvas_cache WHERE expires_at <= ?", (now,))
+            conn.execute(
+                "INSERT INTO canvas_cache (key, body, expires_at) VALUES (?,?,?)"
+                " ON CONFLICT (key) DO UPDATE SET body = excluded.body,"
+                " expires_at = excluded.expires_at",
+                (key, body, expires_at),
+            )
+
+        await self._call(op)
 
     async def record_routing(self, routed: list[RoutedEvent], *, now: float) -> list[str]:
         def op(conn: sqlite3.Connection) -> list[str]:
