@@ -20,6 +20,7 @@ from router.matching import MISSING, MatchContext, lookup
 from router.metrics import Metrics
 from router.pacing import IngestPressure
 from router.rules import Rule, RuleSet
+from router.sandbox import bounded
 from router.snapshots import entity_key, merge_snapshot, previous_event
 from router.store import DigestEntry, DueDigest, InboxEvent, NewDelivery, RoutedEvent, Store
 from router.templates import RenderError, Templates, template_context
@@ -72,7 +73,8 @@ class Router:
         """Route one event (``payload`` is its parsed JSON) given its entity's snapshot."""
         previous = previous_event(payload, snapshot)
         ctx = MatchContext(payload, previous)
-        fired = self.rules.evaluate(event.name, ctx)
+        failed: dict[str, str] = {}  # rules whose if: went over a limit
+        fired = self.rules.evaluate(event.name, ctx, failed)
         skipped = {}
         if explain:
             selecting = self.rules.selecting(event.name)
@@ -111,7 +113,11 @@ class Router:
                 continue
             throttle = self._throttle(rule, variables, now)
             for channel in rule.notify:
-                job = self._job(event, rule, channel, variables, throttle)
+                if rule.name in failed:
+                    key = delivery_key(event.id, rule.name, channel)
+                    job = NewDelivery(key, rule.name, channel, b"{}", failed[rule.name], throttle)
+                else:
+                    job = self._job(event, rule, channel, variables, throttle)
                 deliveries.append(job)
                 if explain:
                     rendered[(rule.name, channel)] = orjson.loads(job.message) | (
@@ -134,7 +140,8 @@ class Router:
         key = ""
         if rule.throttle.key:
             try:
-                key = self.templates.env.from_string(rule.throttle.key).render(variables)
+                with bounded(self.rules.defaults.limits):
+                    key = self.templates.env.from_string(rule.throttle.key).render(variables)
             except Exception as exc:
                 log.warning(
                     "throttle key failed to render", extra={"rule": rule.name, "error": str(exc)}
@@ -168,7 +175,7 @@ class Router:
             return NewDelivery(key, rule.name, channel, b"{}", error, throttle)
 
     def _render(self, name: str, variables: dict[str, Any]) -> bytes:
-        rendered = self.templates.render(name, variables)
+        rendered = self.templates.render(name, variables, self.rules.defaults.limits)
         return orjson.dumps(
             {
                 "template": rendered.template,
@@ -283,6 +290,28 @@ class RoutingWorker:
         snapshots: dict[str, dict[str, Any] | None] = {
             k: orjson.loads(v) for k, v in stored.items()
         }
+        # Rules and templates run in a worker thread: however long a render takes (up
+        # to its render_timeout), the event loop keeps answering requests meanwhile.
+        routed = await asyncio.to_thread(self._decide, router, events, payloads, keys, snapshots)
+        suppressed = await self.store.record_routing(routed, now=self.clock())
+        worked = time.perf_counter() - started  # store round trips included: see pacing
+        for rule in suppressed:
+            self.metrics.throttled.labels(rule).inc()
+            log.info("delivery throttled", extra={"rule": rule})
+        throttled = set(suppressed)
+        for item in routed:
+            self._born_dead(item.event.id, item.deliveries, throttled)
+        await self.pressure.give_way(worked)
+        return len(events)
+
+    def _decide(
+        self,
+        router: Router,
+        events: list[InboxEvent],
+        payloads: dict[int, dict[str, Any]],
+        keys: dict[int, str | None],
+        snapshots: dict[str, dict[str, Any] | None],
+    ) -> list[RoutedEvent]:
         routed = []
         now = self.clock()
         for event in events:
@@ -305,16 +334,7 @@ class RoutingWorker:
                     "rules": [r.name for r in decision.fired],
                 },
             )
-        suppressed = await self.store.record_routing(routed, now=self.clock())
-        worked = time.perf_counter() - started  # store round trips included: see pacing
-        for rule in suppressed:
-            self.metrics.throttled.labels(rule).inc()
-            log.info("delivery throttled", extra={"rule": rule})
-        throttled = set(suppressed)
-        for item in routed:
-            self._born_dead(item.event.id, item.deliveries, throttled)
-        await self.pressure.give_way(worked)
-        return len(events)
+        return routed
 
     def _born_dead(
         self, event_id: str, jobs: list[NewDelivery], suppressed: Collection[str] = ()
@@ -361,7 +381,7 @@ class RoutingWorker:
         )
         router = self.router()
         for digest in due:
-            jobs = router.digest_jobs(digest)
+            jobs = await asyncio.to_thread(router.digest_jobs, digest)
             await self.store.record_digest(digest.id, jobs, now=self.clock())
             self.metrics.digests_sent.labels(digest.rule).inc()
             self._born_dead(digest.events[0].id if digest.events else "", jobs)

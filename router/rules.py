@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.parser import Parser
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -40,6 +40,14 @@ from router.config_source import (
 from router.matching import MISSING, AllOf, MatchContext, PathCondition, compile_match, lookup
 from router.plugins import ChannelType
 from router.ratelimit import parse_rate
+from router.sandbox import (
+    DEFAULT_LIMITS,
+    BoundedSandbox,
+    LimitExceeded,
+    RenderLimits,
+    bounded,
+    static_problems,
+)
 from router.templates import SUFFIX, Templates
 
 __all__ = [
@@ -130,6 +138,21 @@ class Defaults(BaseModel):
 
     time_zone: str | None = None
     throttle: Throttle | None = None
+    render_timeout: Duration = Field(
+        2.0, le=60, description="seconds one template render or if: may take"
+    )
+    render_max_output: int = Field(
+        1_000_000,
+        ge=1_000,
+        le=100_000_000,
+        description="the longest string or list a render may build, the most it may print"
+        " and the most loop iterations and calls it may make",
+    )
+
+    @property
+    def limits(self) -> RenderLimits:
+        """The render limits these defaults set."""
+        return RenderLimits(timeout=self.render_timeout, max_output=self.render_max_output)
 
 
 class RuleSpec(BaseModel):
@@ -157,6 +180,7 @@ class Rule:
     condition: AllOf
     expression: Callable[..., Any] | None
     throttle: Throttle | None
+    limits: RenderLimits = DEFAULT_LIMITS
 
     @property
     def name(self) -> str:
@@ -174,12 +198,19 @@ class Rule:
     def digest(self) -> Digest | None:
         return self.spec.digest
 
-    def explain(self, ctx: MatchContext) -> str | None:
-        """None when the rule's conditions hold for this event, else the first reason."""
+    def explain(self, ctx: MatchContext, *, strict: bool = False) -> str | None:
+        """None when the rule's conditions hold for this event, else the first reason.
+        ``strict``: an ``if:`` over its limits raises ``LimitExceeded`` (its delivery
+        fails) instead of being a reason not to fire."""
         reason = self.condition.explain(ctx)
         if reason is None and self.expression is not None:
             try:
-                ok = bool(self.expression(**expression_vars(ctx)))
+                with bounded(self.limits):
+                    ok = bool(self.expression(**expression_vars(ctx)))
+            except LimitExceeded as exc:
+                if strict:
+                    raise LimitExceeded(f"rule {self.name!r} if: {exc}") from None
+                return f"if: {self.spec.if_!r} failed: {exc}"
             except Exception as exc:
                 return f"if: {self.spec.if_!r} failed: {type(exc).__name__}: {exc}"
             reason = None if ok else f"if: {self.spec.if_!r} is false"
@@ -317,12 +348,22 @@ class RuleSet:
         )
         return [self.rules[i] for i in indexes]
 
-    def evaluate(self, event_name: str, ctx: MatchContext) -> list[Rule]:
-        """The rules that fire for this event, in file order, honouring ``continue: false``."""
+    def evaluate(
+        self, event_name: str, ctx: MatchContext, failed: dict[str, str] | None = None
+    ) -> list[Rule]:
+        """The rules that fire for this event, in file order, honouring ``continue: false``.
+        A rule whose ``if:`` went over its limits fires, with the error in ``failed``
+        (by rule name): its deliveries fail, so the dead letters show it."""
         fired = []
         for index in self._bucket(event_name).candidates(ctx.event):
             rule = self.rules[index]
-            if rule.explain(ctx) is None:
+            try:
+                reason = rule.explain(ctx, strict=True)
+            except LimitExceeded as exc:
+                reason = None
+                if failed is not None:
+                    failed[rule.name] = str(exc)
+            if reason is None:
                 fired.append(rule)
                 if not rule.spec.continue_:
                     break
@@ -418,15 +459,17 @@ def _check_rules(
                     )
                 )
             elif templates is not None and spec.template is not None:
-                problem = _template_problem(templates, spec.template, channel, channels[channel])
+                problem = _template_problem(
+                    templates, spec.template, channel, channels[channel], parsed.defaults.limits
+                )
                 if problem:
                     errors.append(source.error((*loc, "template"), problem))
         rules.append(_compile_rule(spec, loc, parsed.defaults, env, source, errors))
     return rules
 
 
-def _plain_sandbox() -> SandboxedEnvironment:
-    return SandboxedEnvironment(undefined=jinja2.StrictUndefined)
+def _plain_sandbox() -> BoundedSandbox:
+    return BoundedSandbox(undefined=jinja2.StrictUndefined)
 
 
 def _compile_rule(
@@ -442,21 +485,29 @@ def _compile_rule(
 
     condition = compile_match(spec.match or {}, (*loc, "match"), error)
     expression = None
+    limits = defaults.limits
     if spec.if_ is not None:
         try:
             expression = env.compile_expression(spec.if_)
+            tree = Parser(env, spec.if_, state="variable").parse_expression()
+            for _, problem in static_problems(tree, limits):
+                error((*loc, "if"), f"over a limit: {problem}")
         except jinja2.TemplateError as exc:
             error((*loc, "if"), f"invalid expression: {exc}")
     throttle = spec.throttle or defaults.throttle
     if throttle is not None and throttle.key:
         try:
             env.from_string(throttle.key)
+            for _, problem in static_problems(env.parse(throttle.key), limits):
+                error((*loc, "throttle", "key"), f"over a limit: {problem}")
         except jinja2.TemplateError as exc:
             error((*loc, "throttle", "key"), f"invalid template: {exc}")
-    return Rule(spec=spec, condition=condition, expression=expression, throttle=throttle)
+    return Rule(
+        spec=spec, condition=condition, expression=expression, throttle=throttle, limits=limits
+    )
 
 
-def _template_errors(templates: Templates) -> list[ConfigError]:
+def _template_errors(templates: Templates, limits: RenderLimits) -> list[ConfigError]:
     """Every template in the directory must compile: the templates an event name picks
     at run time are not named in the rules, and must not fail at 3 a.m. either."""
     if not templates.directory.is_dir():
@@ -464,7 +515,7 @@ def _template_errors(templates: Templates) -> list[ConfigError]:
         return [ConfigError(str(templates.directory), 1, 1, "", message)]
     found = []
     for name in templates.names():
-        problem = templates.problem(name)
+        problem = templates.problem(name, limits)
         if problem is not None:
             line, message = problem
             found.append(ConfigError(str(templates.directory / name), line, 1, "", message))
@@ -472,7 +523,11 @@ def _template_errors(templates: Templates) -> list[ConfigError]:
 
 
 def _template_problem(
-    templates: Templates, template: str, channel: str, entry: dict[str, Any]
+    templates: Templates,
+    template: str,
+    channel: str,
+    entry: dict[str, Any],
+    limits: RenderLimits,
 ) -> str | None:
     candidates = templates.candidates(template, "", str(entry.get("type")))
     found = [name for name in candidates if (templates.directory / name).is_file()]
@@ -482,7 +537,7 @@ def _template_problem(
             f" (looked for {', '.join(candidates)} in {templates.directory})"
             + _suggest(template, _template_bases(templates))
         )
-    return templates.check(found[0])
+    return templates.check(found[0], limits)
 
 
 def _template_bases(templates: Templates) -> list[str]:
@@ -519,7 +574,7 @@ def load_rules(
     channels = _check_channels(parsed.channels, source, channel_types, errors, secrets)
     rules = _check_rules(parsed.rules, parsed, source, templates, errors)
     if templates is not None:
-        errors.extend(_template_errors(templates))
+        errors.extend(_template_errors(templates, parsed.defaults.limits))
     if errors:
         raise ConfigErrors(errors)
     return RuleSet(
