@@ -53,11 +53,24 @@ async def reload_rules(app: web.Application, trigger: str) -> ReloadStatus:
 
     status = app[RELOAD]
     async with status.lock:
+        settings = app[SETTINGS]
         try:
-            router = await asyncio.to_thread(build_router, app[SETTINGS], app[PLUGINS])
-        except ConfigErrors as exc:
+            # In a thread, off the event loop; a validation that runs past the timeout
+            # is abandoned (its thread finishes on its own: every step is bounded).
+            router = await asyncio.wait_for(
+                asyncio.to_thread(build_router, settings, app[PLUGINS]),
+                settings.reload_timeout,
+            )
+        except (ConfigErrors, TimeoutError) as exc:
+            if isinstance(exc, ConfigErrors):
+                errors = [str(e) for e in exc.errors]
+            else:
+                errors = [
+                    f"{settings.rules}: reload abandoned: validating the files took longer"
+                    f" than reload_timeout ({settings.reload_timeout:g}s)"
+                ]
             status.at, status.trigger = time.time(), trigger
-            status.ok, status.errors = False, [str(e) for e in exc.errors]
+            status.ok, status.errors = False, errors
             status.failed += 1
             for error in status.errors:
                 log.error("rules reload rejected: %s", error, extra={"trigger": trigger})

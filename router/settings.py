@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     reload_poll: float = Field(
         2.0, ge=0, description="seconds between checks for changed rules/templates (0: off)"
     )
+    reload_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a reload may spend reading and validating the files before it"
+        " is abandoned (the running rules stay)",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["auto", "json", "text"] = Field("auto", description="log line format")
     retention: Annotated[float, BeforeValidator(_duration)] = Field(
