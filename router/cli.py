@@ -148,6 +148,9 @@ def serve(**options: Any) -> None:
                 host=settings.host,
                 port=settings.port,
                 shutdown_timeout=settings.shutdown_grace,
+                # A connection that sends no complete request head in this time is closed
+                # (aiohttp arms this timer when the connection opens): no slowloris.
+                keepalive_timeout=settings.read_timeout,
                 access_log=None,
                 # aiohttp's banner comes once the port is bound: say what runs then,
                 # not before a taken port or a served store ends it.

@@ -6,6 +6,7 @@ has no ``metadata.event_name`` is rejected.
 """
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,13 +60,17 @@ def parse_timestamp(value: Any) -> datetime | None:
 
 LenientTimestamp = Annotated[datetime | None, BeforeValidator(parse_timestamp)]
 
+#: The longest event name accepted: a name is part of template file names and metric
+#: labels, and no real event name comes near it.
+MAX_EVENT_NAME = 255
+
 
 class EventMetadata(BaseModel):
     """Canvas event metadata. Only ``event_name`` is required; unknown fields are kept."""
 
     model_config = ConfigDict(extra="allow")
 
-    event_name: str = Field(min_length=1)
+    event_name: str = Field(min_length=1, max_length=MAX_EVENT_NAME)
     event_time: LenientTimestamp = None
 
 
@@ -150,7 +155,51 @@ def _is_event(item: Any) -> bool:
         return False
     metadata, body = item.get("metadata"), item.get("body")
     name = metadata.get("event_name") if isinstance(metadata, dict) else None
-    return isinstance(name, str) and bool(name) and (body is None or isinstance(body, dict))
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_EVENT_NAME
+        and (body is None or isinstance(body, dict))
+    )
+
+
+# An integer of 20 digits or more may not fit 64 bits, which is all orjson keeps exact
+# (it reads a bigger one as a float). Rare: such bodies are read again, exactly.
+_LONG_NUMBER = re.compile(rb"\d{20}")
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _big_integers(value: Any, loc: tuple[int | str, ...] = ()) -> list[str]:
+    """The fields of an exactly parsed item holding integers beyond 64 bits."""
+    if isinstance(value, dict):
+        return [f for k, v in value.items() for f in _big_integers(v, (*loc, k))]
+    if isinstance(value, list):
+        return [f for i, v in enumerate(value) for f in _big_integers(v, (*loc, i))]
+    if type(value) is int and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        return [_field(loc)]
+    return []
+
+
+def _exact_items(data: bytes, ndjson: bool) -> list[Any]:
+    if ndjson:
+        return [json.loads(line) for line in data.splitlines() if line.strip()]
+    parsed = json.loads(data)
+    return parsed if isinstance(parsed, list) else [parsed]
+
+
+def _integer_errors(data: bytes, ndjson: bool) -> list[ItemError]:
+    """An integer beyond 64 bits would be stored and forwarded as a float, not as
+    received: such an event is refused, naming the field."""
+    if _LONG_NUMBER.search(data) is None:
+        return []
+    return [
+        ItemError(
+            index=index,
+            field=field,
+            message="integer beyond 64 bits; send it as a string to keep it exact",
+        )
+        for index, item in enumerate(_exact_items(data, ndjson))
+        for field in _big_integers(item)
+    ]
 
 
 def _problems(index: int, item: Any) -> list[ItemError]:
@@ -203,6 +252,7 @@ def parse_body(data: bytes, *, ndjson: bool, max_items: int) -> list[ParsedEvent
             errors.extend(problems)
         elif not errors:
             accepted.append(_accept(item))
+    errors.extend(_integer_errors(data, ndjson))
     if errors:
-        raise InvalidEvents(errors)
+        raise InvalidEvents(sorted(errors, key=lambda e: e.index))
     return accepted

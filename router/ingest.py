@@ -5,6 +5,7 @@ Accepted bodies: one event object, a JSON array of events, NDJSON
 are the event. Every rejection says exactly what was wrong.
 """
 
+import asyncio
 import hmac
 import logging
 import time
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 JSON_TYPES = {"application/json", "text/json", ""}
 NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl"}
 JWT_TYPES = {"application/jwt", "application/jose", "text/plain"}
+# What aiohttp decodes without optional packages ("" and identity: not encoded).
+CONTENT_ENCODINGS = {"", "identity", "gzip", "deflate"}
 
 
 def problem(status: int, message: str, **extra: object) -> web.Response:
@@ -170,10 +173,31 @@ class Ingest:
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return problem(413, f"body is {request.content_length} bytes; the limit is {limit}")
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in CONTENT_ENCODINGS:
+            return problem(
+                415,
+                f"unsupported Content-Encoding {encoding!r}; send gzip, deflate or none",
+            )
+        timeout = self.settings.read_timeout
         try:
-            return await request.read()  # the app's client_max_size is the same limit
+            async with asyncio.timeout(timeout):
+                return await request.read()  # the app's client_max_size is the same limit
         except web.HTTPRequestEntityTooLarge:
             return problem(413, f"body exceeds the limit of {limit} bytes")
+        except web.RequestPayloadError:
+            # aiohttp could not decode the body: labelled gzip or deflate, but it is not.
+            return problem(400, f"the body is not valid {encoding or 'chunked'} data")
+        except TimeoutError:
+            answer = problem(408, f"the body did not arrive within {timeout:g}s")
+            answer.force_close()
+            # Answer, then close at once: aiohttp would otherwise linger, reading the
+            # rest of the stalled body for seconds more.
+            await answer.prepare(request)
+            await answer.write_eof()
+            if request.transport is not None:
+                request.transport.close()
+            return answer
 
     async def _events_from(
         self, request: web.Request, data: bytes

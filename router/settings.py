@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = Field(None, description="required JWT issuer")
     require_signed: bool = Field(False, description="accept only JWT-signed deliveries")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body")
+    read_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a client has to send a request's headers, and then its body;"
+        " also how long an idle connection stays open",
+    )
     max_batch_items: int = Field(1000, ge=1, description="most events in one request")
     dedupe_window: float = Field(86400.0, ge=0, description="seconds a repeated event is dropped")
     max_attempts: int = Field(10, ge=1, description="delivery attempts before dead-lettering")
