@@ -234,14 +234,9 @@ def record_dict(record: DeliveryRecord, redact: Redactor) -> dict[str, Any]:
 
 
 def redact_tree(value: Any, redact: Redactor) -> Any:
-    """Every string in a JSON value redacted (Canvas URLs carry ``access_token=``)."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, list):
-        return [redact_tree(item, redact) for item in value]
-    if isinstance(value, dict):
-        return {key: redact_tree(item, redact) for key, item in value.items()}
-    return value
+    """Every string in a JSON value redacted (Canvas URLs carry ``access_token=``), and
+    every field named like a credential (``access_token``, ``password``...) masked."""
+    return redact.tree(value)
 
 
 def loads_redacted(data: bytes | None, redact: Redactor) -> Any:
@@ -254,7 +249,7 @@ def loads_redacted(data: bytes | None, redact: Redactor) -> Any:
 
 
 def _redactor(request: web.Request) -> Redactor:
-    return Redactor(request.app[LIVE].router.rules.secrets)
+    return request.app[LIVE].router.rules.redactor()
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

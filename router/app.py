@@ -108,7 +108,7 @@ def admin_only(handler: Handler) -> Handler:
 
 def redactor(app: web.Application) -> Redactor:
     """The redactor for the rules currently loaded."""
-    return Redactor(app[LIVE].router.rules.secrets)
+    return app[LIVE].router.rules.redactor()
 
 
 async def redact_logs(app: web.Application) -> None:

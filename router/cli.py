@@ -172,7 +172,7 @@ def _startup_summary(settings: Settings, app: web.Application) -> None:
     terminal (text logs) the same as a readable block."""
     from router.logs import update_redactor
 
-    update_redactor(Redactor(app[LIVE].router.rules.secrets))
+    update_redactor(app[LIVE].router.rules.redactor())
     summary = startup_summary(settings, app)
     use_json = settings.log_format == "json" or (
         settings.log_format == "auto" and not sys.stderr.isatty()
@@ -226,7 +226,7 @@ def startup_summary(settings: Settings, app: web.Application) -> dict[str, str]:
             else " (off: ROUTER_RETENTION_INTERVAL=0)"
         ),
     }
-    return {key: Redactor(rules.secrets)(value) for key, value in summary.items()}
+    return {key: rules.redactor()(value) for key, value in summary.items()}
 
 
 def _store_name(db: str) -> str:

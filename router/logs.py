@@ -38,11 +38,7 @@ class RedactingFilter(logging.Filter):
         channel shows); everything else as it is."""
         if isinstance(value, str):
             return self.redactor(value)
-        if isinstance(value, dict):
-            return {key: self._redact(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [self._redact(item) for item in value]
-        return value
+        return self.redactor.tree(value)  # credential-named fields masked too
 
 
 class JsonFormatter(logging.Formatter):

@@ -16,7 +16,6 @@ from router.appkeys import DISPATCHER, LIVE, PLUGINS, RELOAD, SETTINGS
 from router.config_source import ConfigErrors
 from router.dispatch import ChannelRuntime, close_channels, open_channels
 from router.logs import update_redactor
-from router.redact import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ async def reload_rules(app: web.Application, trigger: str) -> ReloadStatus:
         )
         dispatcher.channels = {**kept, **fresh}
         app[LIVE].router = router
-        update_redactor(Redactor(router.rules.secrets))
+        update_redactor(router.rules.redactor())
         status.at, status.trigger = time.time(), trigger
         status.ok, status.errors = True, []
         status.warnings = [str(warning) for warning in router.rules.warnings]

@@ -40,6 +40,7 @@ from router.config_source import (
 from router.matching import MISSING, AllOf, MatchContext, PathCondition, compile_match, lookup
 from router.plugins import ChannelType
 from router.ratelimit import parse_rate
+from router.redact import Redactor
 from router.sandbox import (
     DEFAULT_LIMITS,
     BoundedSandbox,
@@ -138,6 +139,11 @@ class Defaults(BaseModel):
 
     time_zone: str | None = None
     throttle: Throttle | None = None
+    redact_keys: list[str] = Field(
+        default_factory=list,
+        description="more JSON field names whose values are masked wherever events are"
+        " shown (added to router.redact.REDACT_KEYS)",
+    )
     render_timeout: Duration = Field(
         2.0, le=60, description="seconds one template render or if: may take"
     )
@@ -335,6 +341,10 @@ class RuleSet:
             if len(self._buckets) < 10_000:  # unknown event names are unbounded
                 self._buckets[event_name] = bucket
         return bucket
+
+    def redactor(self) -> Redactor:
+        """Masks this file's secrets and credential-named fields (``redact_keys``)."""
+        return Redactor(self.secrets, self.defaults.redact_keys)
 
     def rule_named(self, name: str) -> Rule | None:
         """The rule with this name, if the file has one."""

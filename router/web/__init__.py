@@ -21,7 +21,6 @@ from aiohttp import web
 from router import __version__
 from router.admin import COOKIE, bearer_ok, cookie_ok, csrf_value, same, session_value
 from router.appkeys import DISPATCHER, LIVE, METRICS, PLUGINS, RELOAD, SETTINGS, STORE
-from router.redact import Redactor
 
 __all__ = ["status_page"]
 
@@ -124,7 +123,7 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
     store = app[STORE]
     metrics = app[METRICS]
     rules = app[LIVE].router.rules
-    redact = Redactor(rules.secrets)
+    redact = rules.redactor()
     queues = await metrics.refresh(store, now=now)
     totals = metrics.totals()
     uptime = max(1.0, now - metrics.started_at)
