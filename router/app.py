@@ -22,6 +22,7 @@ from router.appkeys import (
     ROUTING,
     SETTINGS,
     STORE,
+    STORE_HEALTH,
     Live,
 )
 from router.canvas_jwt import JwksVerifier
@@ -38,6 +39,7 @@ from router.routing import Router, RoutingWorker
 from router.rules import load_rules
 from router.settings import Settings
 from router.store import StoreOpenError, open_store
+from router.store.health import StoreHealth
 from router.templates import Templates
 from router.web import status_page
 
@@ -62,6 +64,7 @@ def create_app(settings: Settings, *, plugins: Plugins | None = None) -> web.App
     )
     app[LIVE] = Live(build_router(settings, app[PLUGINS]))
     app[DRAINING] = asyncio.Event()
+    app[STORE_HEALTH] = StoreHealth()
     app[PRESSURE] = IngestPressure(settings.background_share)
     app[RELOAD] = ReloadStatus(warnings=[str(w) for w in app[LIVE].router.rules.warnings])
     app[METRICS] = Metrics()
@@ -212,6 +215,9 @@ async def readyz(request: web.Request) -> web.Response:
         counts = await asyncio.wait_for(app[STORE].counts(), timeout=5)
     except Exception as exc:
         return problem(503, f"store unreachable: {type(exc).__name__}", state="unready")
+    failing = app[STORE_HEALTH].problem()
+    if failing is not None:  # readable, but not writable (a full disk)
+        return problem(503, failing, state="unready")
     return web.json_response(
         {
             "state": "ready",

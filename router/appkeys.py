@@ -15,6 +15,7 @@ from router.plugins import Plugins
 from router.routing import Router, RoutingWorker
 from router.settings import Settings
 from router.store import Store
+from router.store.health import StoreHealth
 
 if TYPE_CHECKING:
     from router.reload import ReloadStatus
@@ -33,6 +34,7 @@ class Live:
 
 LIVE = web.AppKey("live", Live)
 STORE = web.AppKey("store", Store)
+STORE_HEALTH = web.AppKey("store_health", StoreHealth)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 JWKS = web.AppKey("jwks", JwksVerifier | None)
 ROUTING = web.AppKey("routing", RoutingWorker)

@@ -14,7 +14,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from router.appkeys import DRAINING, JWKS, METRICS, PRESSURE, ROUTING, SETTINGS, STORE
+from router.appkeys import (
+    DRAINING,
+    JWKS,
+    METRICS,
+    PRESSURE,
+    ROUTING,
+    SETTINGS,
+    STORE,
+    STORE_HEALTH,
+)
 from router.canvas_jwt import JwksVerifier, JwtError, KeysUnavailable
 from router.events import (
     BadRequest,
@@ -84,6 +93,7 @@ class Ingest:
         self.metrics = app[METRICS]
         self.pressure = app[PRESSURE]
         self.draining = app[DRAINING]
+        self.store_health = app[STORE_HEALTH]
         token = settings.ingest_token
         self._token = None if token is None else token.get_secret_value().encode()
 
@@ -134,6 +144,7 @@ class Ingest:
                 now=time.time(),
             )
         except Exception as exc:  # a full disk, a lost database: the sender must retry
+            self.store_health.failed(exc)
             log.error("events not stored: %s: %s", type(exc).__name__, exc)
             metrics.store_failed.inc()
             # Only the type: a database's message is for the log, not for whoever posted.
@@ -145,6 +156,7 @@ class Ingest:
                 status=503,
                 headers={"Retry-After": "5"},
             )
+        self.store_health.succeeded()
         self.routing.wake()
         duplicates = sum(answer.duplicate for answer in accepted)
         if log.isEnabledFor(logging.INFO):
