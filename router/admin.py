@@ -9,6 +9,7 @@ must also carry the page's CSRF field (the status page's forms do).
 import hashlib
 import hmac
 import re
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any, get_args
@@ -16,7 +17,7 @@ from typing import Any, get_args
 import orjson
 from aiohttp import web
 
-from router.appkeys import DISPATCHER, LIVE, SETTINGS, STORE
+from router.appkeys import DISPATCHER, LIVE, SESSION_KEY, SETTINGS, STORE
 from router.redact import Redactor
 from router.rules import parse_duration
 from router.store import DeliveryRecord
@@ -29,12 +30,13 @@ __all__ = [
     "Selector",
     "authorized",
     "bearer_ok",
-    "cookie_ok",
+    "cookie_session",
     "csrf_value",
     "loads_redacted",
     "parse_since",
     "record_dict",
     "same",
+    "session_nonce",
     "session_value",
     "setup_admin_routes",
 ]
@@ -48,18 +50,35 @@ _DURATION_AGO = re.compile(r"\d+(?:\.\d+)?\s*[smhd]")
 # -- authentication ------------------------------------------------------------------
 
 
-def _derived(token: str, purpose: bytes) -> str:
-    return hmac.new(token.encode(), purpose, hashlib.sha256).hexdigest()
+#: How long a status page session lasts.
+SESSION_SECONDS = 12 * 3600
 
 
-def session_value(token: str) -> str:
-    """The session cookie's value: derived from the token, never the token itself."""
-    return _derived(token, b"router status page session")
+def _sign(key: bytes, text: str) -> str:
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
-def csrf_value(token: str) -> str:
-    """The hidden field the status page's forms carry with a cookie-authenticated POST."""
-    return _derived(token, b"router status page csrf")
+def session_value(key: bytes, now: float) -> str:
+    """A new session cookie: ``<random nonce>.<expiry>.<signature>``, signed with the
+    process's session key (``SESSION_KEY``: random per start, so a restart revokes
+    every session). It holds nothing derived from the admin token."""
+    body = f"{secrets.token_urlsafe(16)}.{int(now + SESSION_SECONDS)}"
+    return f"{body}.{_sign(key, body)}"
+
+
+def session_nonce(key: bytes, value: str, now: float) -> str | None:
+    """The nonce of a valid, unexpired session cookie, else None."""
+    body, _, signature = value.rpartition(".")
+    nonce, _, expires = body.partition(".")
+    if not (nonce and expires.isdigit() and same(signature, _sign(key, body))):
+        return None
+    return nonce if now < int(expires) else None
+
+
+def csrf_value(key: bytes, nonce: str) -> str:
+    """The hidden field the status page's forms carry with a cookie-authenticated POST:
+    bound to the session, so it dies with it."""
+    return _sign(key, f"csrf.{nonce}")
 
 
 def same(given: str, expected: str) -> bool:
@@ -72,8 +91,9 @@ def bearer_ok(request: web.Request, token: str) -> bool:
     return scheme.lower() == "bearer" and same(given.strip(), token)
 
 
-def cookie_ok(request: web.Request, token: str) -> bool:
-    return same(request.cookies.get(COOKIE, ""), session_value(token))
+def cookie_session(request: web.Request) -> str | None:
+    """The nonce of the request's valid session cookie, or None."""
+    return session_nonce(request.app[SESSION_KEY], request.cookies.get(COOKIE, ""), time.time())
 
 
 async def authorized(request: web.Request) -> bool:
@@ -84,7 +104,8 @@ async def authorized(request: web.Request) -> bool:
     token = secret.get_secret_value()
     if bearer_ok(request, token):
         return True
-    if not cookie_ok(request, token):
+    nonce = cookie_session(request)
+    if nonce is None:
         return False
     if request.method in ("GET", "HEAD"):
         return True
@@ -92,7 +113,7 @@ async def authorized(request: web.Request) -> bool:
     # from our page (SameSite=Strict already stops most browsers from sending it).
     form = await request.post() if request.content_type in _FORM_TYPES else {}
     given = form.get("csrf", "")
-    return isinstance(given, str) and same(given, csrf_value(token))
+    return isinstance(given, str) and same(given, csrf_value(request.app[SESSION_KEY], nonce))
 
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")

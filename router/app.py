@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -20,6 +21,7 @@ from router.appkeys import (
     PRESSURE,
     RELOAD,
     ROUTING,
+    SESSION_KEY,
     SETTINGS,
     STORE,
     STORE_HEALTH,
@@ -65,6 +67,7 @@ def create_app(settings: Settings, *, plugins: Plugins | None = None) -> web.App
     app[LIVE] = Live(build_router(settings, app[PLUGINS]))
     app[DRAINING] = asyncio.Event()
     app[STORE_HEALTH] = StoreHealth()
+    app[SESSION_KEY] = secrets.token_bytes(32)
     app[PRESSURE] = IngestPressure(settings.background_share)
     app[RELOAD] = ReloadStatus(warnings=[str(w) for w in app[LIVE].router.rules.warnings])
     app[METRICS] = Metrics()

@@ -43,3 +43,5 @@ DRAINING = web.AppKey("draining", asyncio.Event)
 PRESSURE = web.AppKey("pressure", IngestPressure)
 METRICS = web.AppKey("metrics", Metrics)
 RELOAD: "web.AppKey[ReloadStatus]" = web.AppKey("reload")
+#: Signs the status page's session cookies; random at each start (a restart revokes them).
+SESSION_KEY = web.AppKey("session_key", bytes)

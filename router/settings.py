@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="SQLite fsync policy (FULL survives power loss)"
     )
+    public_url: str | None = Field(
+        None,
+        description="the URL people reach the router at (https:// makes the status page's"
+        " cookie Secure behind a TLS-terminating proxy)",
+    )
     admin_token: SecretStr | None = Field(
         None, description="bearer token for the admin API under /-/ (off when unset)"
     )
