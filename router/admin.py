@@ -16,6 +16,7 @@ from typing import Any, get_args
 
 import orjson
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from router.appkeys import DISPATCHER, LIVE, SESSION_KEY, SETTINGS, STORE
 from router.redact import Redactor
@@ -111,12 +112,24 @@ async def authorized(request: web.Request) -> bool:
         return True
     # A cookie rides along with any cross-site form, so a POST must prove it came
     # from our page (SameSite=Strict already stops most browsers from sending it).
-    form = await request.post() if request.content_type in _FORM_TYPES else {}
+    try:
+        form = await read_form(request) if request.content_type in _FORM_TYPES else {}
+    except BadQuery:
+        return False  # no readable form, no CSRF field
     given = form.get("csrf", "")
     return isinstance(given, str) and same(given, csrf_value(request.app[SESSION_KEY], nonce))
 
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[Any]:
+    """The posted form; a malformed one (a multipart body without its boundary) is
+    ``BadQuery``, not a 500."""
+    try:
+        return await request.post()
+    except ValueError as exc:
+        raise BadQuery(f"malformed form: {exc}") from None
 
 
 # -- parsing -------------------------------------------------------------------------
@@ -217,13 +230,20 @@ class Selector:
                 ids = [int(i) for i in ids]
             except (TypeError, ValueError):
                 raise BadQuery("ids must be a list of delivery ids (numbers)") from None
+            if not all(0 <= i < 2**63 for i in ids):  # the stores' integer range
+                raise BadQuery("ids must be a list of delivery ids (numbers)")
         everything = data.get("all", False)
         if isinstance(everything, str):
             everything = everything.lower() in ("1", "true", "yes", "on")
         since = data.get("since")
+        for name in ("channel", "rule"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise BadQuery(f"{name} must be a string")
+        if not isinstance(everything, bool):
+            raise BadQuery("all must be true or false")
         selector = cls(
             ids,
-            all=bool(everything),
+            all=everything,
             channel=data.get("channel") or None,
             rule=data.get("rule") or None,
             since=None if since in (None, "") else parse_since(str(since), now=now),
@@ -324,6 +344,8 @@ async def get_dead_letter(request: web.Request) -> web.Response:
         delivery_id = int(request.match_info["id"])
     except ValueError:
         return _json({"error": "a dead letter id is a number"}, status=400)
+    if not 0 <= delivery_id < 2**63:  # the stores' integer range
+        return _json({"error": f"no dead letter {delivery_id}"}, status=404)
     detail = await request.app[STORE].get_delivery(delivery_id)
     if detail is None or detail.record.state != "dead":
         return _json({"error": f"no dead letter {delivery_id}"}, status=404)
@@ -341,7 +363,7 @@ async def _selector(request: web.Request) -> tuple[Selector, bool]:
     """The selector of a replay/purge request, and whether it came from an HTML form."""
     now = time.time()
     if request.content_type in _FORM_TYPES:
-        form = await request.post()
+        form = await read_form(request)
         data: dict[str, Any] = {key: form.get(key) for key in form if key != "ids"}
         if "ids" in form:
             data["ids"] = form.getall("ids")

@@ -32,6 +32,7 @@ from router.dispatch import Dispatcher, RetryPolicy, close_channels, open_channe
 from router.ingest import Ingest, problem
 from router.logs import update_redactor
 from router.metrics import Metrics, metrics_handler
+from router.openapi import openapi_json
 from router.pacing import IngestPressure
 from router.plugins import Plugins, load_plugins
 from router.redact import Redactor
@@ -90,6 +91,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/", status_page)
     if app[SETTINGS].admin_token is not None:  # the admin API is off unless configured
         app.router.add_post("/-/reload", admin_only(post_reload))
