@@ -198,6 +198,12 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
             message += f" ({exc.context})"
         line, col = _pos(mark) if mark else (1, 1)
         raise ConfigErrors([ConfigError(file, line, col, "", message)]) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow
+        before = text[: exc.position]
+        line, col = before.count("\n") + 1, len(before) - before.rfind("\n")
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        message = f"character U+{ord(char):04X} is not allowed in YAML"
+        raise ConfigErrors([ConfigError(file, line, col, "", message)]) from None
     finally:
         loader.dispose()
     if errors:

@@ -36,6 +36,7 @@ async def test_openapi_json_lists_every_route(service: ServiceFactory) -> None:
 
 
 def schemathesis_run(base: str, report: Path, max_examples: int, max_time: int) -> str:
+    """Run schemathesis' CLI (in the report's directory: it keeps a database there)."""
     cli = Path(sys.executable).parent / "schemathesis"
     done = subprocess.run(
         [
@@ -69,6 +70,7 @@ def schemathesis_run(base: str, report: Path, max_examples: int, max_time: int) 
         capture_output=True,
         text=True,
         timeout=max_time + 120,
+        cwd=report.parent,
         env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"},
     )
     output = done.stdout + done.stderr

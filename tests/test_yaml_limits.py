@@ -63,6 +63,13 @@ def test_deep_nesting_is_refused() -> None:
         load_yaml("[" * 100_000 + "]" * 100_000, "r.yaml")
 
 
+def test_a_control_character_is_a_located_error_not_a_crash() -> None:
+    # Found by tests/fuzz: the reader's error is not a MarkedYAMLError.
+    with pytest.raises(ConfigErrors) as caught:
+        load_yaml("version: 1\nrules: x\x02y\n", "r.yaml")
+    assert str(caught.value) == "r.yaml:2:9: character U+0002 is not allowed in YAML"
+
+
 def test_a_huge_file_is_refused_before_it_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config_source, "MAX_YAML_BYTES", 1000)
     with pytest.raises(ConfigErrors, match="the file is 2003 bytes, over the limit of 1000"):
