@@ -181,13 +181,11 @@ def bench_events(n: int) -> list[dict[str, Any]]:
 
 async def run_router(n: int, concurrency: int, url: str, timeout: float) -> dict[str, Any]:
     """Route N events into pending deliveries, then time the dispatcher delivering them."""
-    from router.app import build_router
     from router.dispatch import Dispatcher, RetryPolicy, close_channels, open_channels
     from router.events import canonical_json, event_identity
     from router.hookspecs import hookimpl
     from router.plugins import load_plugins
-    from router.redact import Redactor
-    from router.routing import RoutingWorker
+    from router.routing import RoutingWorker, build_router
     from router.settings import Settings
     from router.store import open_store
 
@@ -234,7 +232,7 @@ async def run_router(n: int, concurrency: int, url: str, timeout: float) -> dict
                 raise Broken(f"router: {pending} deliveries pending after routing, expected {n}")
 
             policy = RetryPolicy(max_attempts=3, base=0.1, cap=1.0)
-            dispatcher = Dispatcher(store, plugins, policy, lambda: Redactor(router.rules.secrets))
+            dispatcher = Dispatcher(store, plugins, policy, lambda: router.rules.redactor())
             dispatcher.channels = await open_channels(router.rules.channels)
             started, cpu_before = time.perf_counter(), process_cpu()
             task = asyncio.create_task(dispatcher.run(), name="bench-dispatcher")

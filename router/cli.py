@@ -9,35 +9,23 @@ from typing import Any
 import click
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
 
 from router import __version__
-from router.app import build_router, create_app
-from router.appkeys import LIVE, PLUGINS
 from router.cli_ops import deliveries, dlq
+from router.cli_settings import settings_from_options
 from router.config_source import ConfigErrors
 from router.dryrun import DryRunError, EventReport, dry_run
-from router.logs import setup_logging
+from router.http.app import create_app
+from router.http.keys import LIVE, PLUGINS
+from router.logs import setup_logging, update_redactor
 from router.plugins import Plugins, load_plugins
 from router.redact import Redactor
-from router.routing import is_raw_event
+from router.routing import build_router, is_raw_event
 from router.rules import RuleSet
 from router.settings import Settings
 from router.store import StoreOpenError, served, sqlite_path
 
 log = logging.getLogger("router")
-
-
-def _settings(**options: Any) -> Settings:
-    """CLI options override ``ROUTER_*`` environment variables, which override defaults."""
-    given = {key: value for key, value in options.items() if value is not None}
-    try:
-        return Settings(**given)
-    except ValidationError as exc:
-        for error in exc.errors(include_input=False, include_url=False):
-            name = ".".join(str(part) for part in error["loc"])
-            click.echo(f"error: setting {name}: {error['msg']}", err=True)
-        sys.exit(2)
 
 
 def _print_plugin_problems(plugins: Plugins) -> None:
@@ -114,7 +102,7 @@ def serve(**options: Any) -> None:
       ROUTER_BACKGROUND_SHARE (0.1) CPU share of routing/delivery during an ingest burst
       ROUTER_TRACE_PLUGINS=1 logs every hook call
     """
-    settings = _settings(**options)
+    settings = settings_from_options(**options)
     # The SQLite writer thread needs the GIL to start each group commit. While it
     # waits behind a busy event loop, more requests join the next commit; too short
     # an interval spends the CPU on thread switches instead. Alternating runs of
@@ -170,8 +158,6 @@ def serve(**options: Any) -> None:
 def _startup_summary(settings: Settings, app: web.Application) -> None:
     """Say what is about to run: one structured log line, and for a person reading a
     terminal (text logs) the same as a readable block."""
-    from router.logs import update_redactor
-
     update_redactor(app[LIVE].router.rules.redactor())
     summary = startup_summary(settings, app)
     use_json = settings.log_format == "json" or (
@@ -267,7 +253,7 @@ def validate(
     name one slip from a Canvas event, a channel no rule notifies, a plugin that did
     not load) do not fail the check unless --strict is given.
     """
-    settings = _settings(rules=file, templates=templates, plugins_dir=plugins_dir)
+    settings = settings_from_options(rules=file, templates=templates, plugins_dir=plugins_dir)
     plugins = load_plugins(plugins_dir=settings.plugins_dir, blocked=settings.plugins_block)
     _print_plugin_problems(plugins)
     try:
@@ -307,7 +293,7 @@ def test_rules(
     Stored state is not consulted: throttles never suppress and `changed` only sees
     what the event itself carries (syllabus_updated's old_syllabus_body).
     """
-    settings = _settings(rules=rules_file, templates=templates, plugins_dir=plugins_dir)
+    settings = settings_from_options(rules=rules_file, templates=templates, plugins_dir=plugins_dir)
     loaded = load_plugins(plugins_dir=settings.plugins_dir, blocked=settings.plugins_block)
     _print_plugin_problems(loaded)
     try:
@@ -357,7 +343,7 @@ def _print_report(report: EventReport, explain: bool) -> None:
 @click.option("--plugins-dir", type=click.Path(path_type=Path, file_okay=False))
 def plugins(plugins_dir: Path | None) -> None:
     """List loaded plugins with their versions, hooks and channel types."""
-    settings = _settings(plugins_dir=plugins_dir)
+    settings = settings_from_options(plugins_dir=plugins_dir)
     loaded = load_plugins(plugins_dir=settings.plugins_dir, blocked=settings.plugins_block)
     for info in loaded.infos:
         channels = [t.name for t in loaded.channel_types.values() if t.plugin == info.name]

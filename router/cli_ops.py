@@ -17,7 +17,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import click
 import orjson
 
-from router.admin import (
+from router.cli_settings import settings_from_options
+from router.delivery_queries import (
     STATES,
     BadQuery,
     Selector,
@@ -25,9 +26,9 @@ from router.admin import (
     parse_since,
     record_dict,
 )
+from router.plugins import load_plugins
 from router.redact import Redactor
-from router.routing import is_raw_event
-from router.settings import Settings
+from router.routing import build_router, is_raw_event
 from router.store import DeliveryRecord, Store, open_store
 
 __all__ = ["deliveries", "dlq"]
@@ -37,15 +38,9 @@ T = TypeVar("T")
 ERROR_WIDTH = 70
 
 
-def _settings(db: str | None) -> Settings:
-    from router.cli import _settings as settings_from
-
-    return settings_from(db=db)
-
-
 def _with_store(db: str | None, action: Callable[[Store], Awaitable[T]]) -> T:
     """Open the store, run ``action`` on it, close it."""
-    settings = _settings(db)
+    settings = settings_from_options(db=db)
     path = settings.db.removeprefix("sqlite:///").removeprefix("sqlite://")
     if "://" not in settings.db or settings.db.startswith("sqlite:"):
         if not os.path.exists(path):
@@ -74,11 +69,8 @@ def _without_replica(url: str) -> str:
 
 def _redactor(db: str | None) -> Redactor:
     """The usual credential patterns, plus the rules file's secrets when it loads."""
-    settings = _settings(db)
+    settings = settings_from_options(db=db)
     try:
-        from router.app import build_router
-        from router.plugins import load_plugins
-
         logging.disable(logging.CRITICAL)  # a broken plugin is not this command's topic
         try:
             plugins = load_plugins(plugins_dir=settings.plugins_dir, blocked=settings.plugins_block)

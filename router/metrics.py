@@ -2,25 +2,26 @@
 
 One ``Metrics`` per application, each with its own ``CollectorRegistry`` (never the
 global one: tests build many apps in one process). Workers get the object passed in;
-the ingest handler finds it under the ``METRICS`` app key. Counters and the latency
-histogram are updated where things happen; the queue gauges and the store size are
-read from the store when ``GET /metrics`` is scraped.
+the HTTP edge keeps it under the ``METRICS`` app key and serves it on ``GET /metrics``
+(``router/http/metrics.py``). Counters and the latency histogram are updated where
+things happen; the queue gauges and the store size are read from the store at scrape
+time.
 """
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-if TYPE_CHECKING:
-    from router.reload import ReloadStatus
-    from router.store import Store
+from router.store import Store
 
-__all__ = ["LATENCY_BUCKETS", "REJECT_REASONS", "Metrics", "get_metrics"]
+__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "REJECT_REASONS", "Metrics", "ReloadCounts"]
+
+#: The media type of ``Metrics.exposition()`` (the Prometheus text format).
+CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0]
 
 #: Seconds from "event accepted" to "delivered": 1 ms .. 1 h.
 LATENCY_BUCKETS = (
@@ -58,10 +59,17 @@ REJECT_REASONS = {
 }
 
 
+class ReloadCounts(Protocol):
+    """How many rules reloads succeeded and failed (``router.reload.ReloadStatus``)."""
+
+    succeeded: int
+    failed: int
+
+
 class _ReloadCollector:
     """Reads the reload counts kept by ``ReloadStatus`` at scrape time."""
 
-    def __init__(self, status: Callable[[], "ReloadStatus | None"]) -> None:
+    def __init__(self, status: Callable[[], ReloadCounts | None]) -> None:
         self.status = status
 
     def collect(self) -> Iterator[Metric]:
@@ -80,7 +88,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.started_at = time.time()
-        self.reload_status: ReloadStatus | None = None
+        self.reload_status: ReloadCounts | None = None
         r = self.registry
         # -- ingest ----------------------------------------------------------------
         self.requests = Counter(
@@ -240,7 +248,7 @@ class Metrics:
         for channel, is_open in open_by_channel.items():
             self.circuit_open.labels(channel).set(1 if is_open else 0)
 
-    async def refresh(self, store: "Store", *, now: float) -> dict[str, float]:
+    async def refresh(self, store: Store, *, now: float) -> dict[str, float]:
         """Read the queue gauges and the store size from the store; return them."""
         counts = await store.counts()
         oldest = await store.oldest_pending()
@@ -278,24 +286,3 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def get_metrics(request: web.Request) -> Metrics:
-    from router.appkeys import METRICS
-
-    return request.app[METRICS]
-
-
-async def metrics_handler(request: web.Request) -> web.Response:
-    """``GET /metrics``: the Prometheus text format, queue gauges read from the store."""
-    from router.appkeys import DISPATCHER, STORE
-
-    metrics = get_metrics(request)
-    await metrics.refresh(request.app[STORE], now=time.time())
-    dispatcher = request.app.get(DISPATCHER)
-    if dispatcher is not None:
-        metrics.circuits({n: r.breaker.open for n, r in dispatcher.channels.items()})
-    response = web.Response(body=metrics.exposition())
-    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-    response.charset = "utf-8"
-    return response

@@ -1,25 +1,35 @@
-"""Hot reload of the rules file and templates: on SIGHUP, when a file changes, or on
-``POST /-/reload``. The new files are validated first and swapped in whole; a bad
-file leaves the running rules in place and its errors on ``/readyz``."""
+"""Hot reload of the rules file and templates: the new files are validated first and
+swapped in whole; a bad file leaves the running rules in place and its errors in the
+``ReloadStatus`` (which ``/readyz`` shows).
+
+What triggers a reload (SIGHUP, a changed file, ``POST /-/reload``) is the HTTP edge's
+business (``router/http/reload.py``); what a reload does is here, and works without a
+server: ``swap`` puts new rules and channels in place, ``reload_rules`` builds them
+first and records the outcome.
+"""
 
 import asyncio
 import logging
-import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from aiohttp import web
-
-from router.appkeys import DISPATCHER, LIVE, PLUGINS, RELOAD, SETTINGS
 from router.config_source import ConfigErrors
-from router.dispatch import ChannelRuntime, close_channels, open_channels
+from router.dispatch import ChannelRuntime, Dispatcher, close_channels, open_channels
 from router.logs import update_redactor
+from router.routing import Router
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReloadStatus", "reload_ctx", "reload_rules"]
+__all__ = ["Live", "ReloadStatus", "reload_rules", "swap"]
+
+
+@dataclass
+class Live:
+    """What a reload swaps in: the router (rules and templates). The app's state is
+    fixed once it starts, so the swap happens inside this holder."""
+
+    router: Router
 
 
 @dataclass
@@ -35,6 +45,8 @@ class ReloadStatus:
     succeeded: int = 0
     failed: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    #: Replaced channels still closing (held here: the loop keeps only weak references).
+    retiring: set["asyncio.Task[None]"] = field(default_factory=set, repr=False)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -46,27 +58,50 @@ class ReloadStatus:
         }
 
 
-async def reload_rules(app: web.Application, trigger: str) -> ReloadStatus:
-    """Validate the rules file and templates again and, if they are good, swap them in."""
-    from router.app import build_router  # the app module imports this one
+async def swap(live: Live, dispatcher: Dispatcher, router: Router) -> "asyncio.Task[None]":
+    """Put ``router`` and its channels in place of the running ones.
 
-    status = app[RELOAD]
+    A channel whose definition did not change keeps running as it is (its in-flight
+    sends, circuit breaker and rate limit carry on); a new or changed channel is opened
+    (a broken one is opened again). The replaced channels are closed once their
+    in-flight sends are over, by the returned task.
+    """
+    old = dispatcher.channels
+    kept = {
+        name: runtime
+        for name, runtime in old.items()
+        if router.rules.channels.get(name) == runtime.definition and not runtime.broken
+    }
+    fresh = await open_channels({n: d for n, d in router.rules.channels.items() if n not in kept})
+    dispatcher.channels = {**kept, **fresh}
+    live.router = router
+    update_redactor(router.rules.redactor())
+    retired = {n: r for n, r in old.items() if n not in kept}
+    return asyncio.get_running_loop().create_task(_retire(retired))
+
+
+async def reload_rules(
+    live: Live,
+    dispatcher: Dispatcher,
+    status: ReloadStatus,
+    build: Callable[[], Router],
+    trigger: str,
+    give_up_after: float | None = None,
+) -> ReloadStatus:
+    """Validate the rules file and templates again (``build``, run in a thread) and, if
+    they are good, ``swap`` them in. Records the outcome in ``status`` and returns it.
+    A ``build`` that runs past ``give_up_after`` seconds is abandoned (its thread finishes
+    on its own: every step of it is bounded) and the running rules stay."""
     async with status.lock:
-        settings = app[SETTINGS]
         try:
-            # In a thread, off the event loop; a validation that runs past the timeout
-            # is abandoned (its thread finishes on its own: every step is bounded).
-            router = await asyncio.wait_for(
-                asyncio.to_thread(build_router, settings, app[PLUGINS]),
-                settings.reload_timeout,
-            )
+            router = await asyncio.wait_for(asyncio.to_thread(build), give_up_after)
         except (ConfigErrors, TimeoutError) as exc:
             if isinstance(exc, ConfigErrors):
                 errors = [str(e) for e in exc.errors]
             else:
                 errors = [
-                    f"{settings.rules}: reload abandoned: validating the files took longer"
-                    f" than reload_timeout ({settings.reload_timeout:g}s)"
+                    f"reload abandoned: validating the files took longer than"
+                    f" reload_timeout ({give_up_after:g}s)"
                 ]
             status.at, status.trigger = time.time(), trigger
             status.ok, status.errors = False, errors
@@ -74,25 +109,13 @@ async def reload_rules(app: web.Application, trigger: str) -> ReloadStatus:
             for error in status.errors:
                 log.error("rules reload rejected: %s", error, extra={"trigger": trigger})
             return status
-        dispatcher = app[DISPATCHER]
-        old = dispatcher.channels
-        kept = {
-            name: runtime
-            for name, runtime in old.items()
-            if router.rules.channels.get(name) == runtime.definition and not runtime.broken
-        }
-        fresh = await open_channels(
-            {n: d for n, d in router.rules.channels.items() if n not in kept}
-        )
-        dispatcher.channels = {**kept, **fresh}
-        app[LIVE].router = router
-        update_redactor(router.rules.redactor())
+        retiring = await swap(live, dispatcher, router)
+        status.retiring.add(retiring)
+        retiring.add_done_callback(status.retiring.discard)
         status.at, status.trigger = time.time(), trigger
         status.ok, status.errors = True, []
         status.warnings = [str(warning) for warning in router.rules.warnings]
         status.succeeded += 1
-        retired = {n: r for n, r in old.items() if n not in kept}
-        asyncio.get_running_loop().create_task(_retire(retired))
         for warning in status.warnings:
             log.warning("rules file: %s", warning, extra={"trigger": trigger})
         log.info(
@@ -112,57 +135,3 @@ async def _retire(runtimes: dict[str, ChannelRuntime]) -> None:
     if tasks:
         await asyncio.wait(tasks)
     await close_channels(runtimes)
-
-
-def _fingerprint(rules: Path, templates: Path) -> tuple[tuple[str, float, int], ...]:
-    paths = [rules, *sorted(templates.rglob("*"))] if templates.is_dir() else [rules]
-    found = []
-    for path in paths:
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        found.append((str(path), stat.st_mtime, stat.st_size))
-    return tuple(found)
-
-
-async def _watch(app: web.Application, every: float) -> None:
-    settings = app[SETTINGS]
-    seen = await asyncio.to_thread(_fingerprint, settings.rules, settings.templates)
-    while True:
-        await asyncio.sleep(every)
-        now = await asyncio.to_thread(_fingerprint, settings.rules, settings.templates)
-        if now != seen:
-            seen = now
-            await reload_rules(app, "file change")
-
-
-async def reload_ctx(app: web.Application) -> AsyncIterator[None]:
-    """SIGHUP and file-change triggers, for the life of the app."""
-    loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[ReloadStatus]] = set()
-
-    def on_sighup() -> None:
-        task = loop.create_task(reload_rules(app, "SIGHUP"))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    try:
-        loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        hooked = True
-    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-        hooked = False
-    every = app[SETTINGS].reload_poll
-    watcher = loop.create_task(_watch(app, every)) if every > 0 else None
-    yield
-    if hooked:
-        loop.remove_signal_handler(signal.SIGHUP)
-    if watcher is not None:
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
-
-
-async def post_reload(request: web.Request) -> web.Response:
-    """``POST /-/reload``: reload now; 200 with the result, 422 if the files are bad."""
-    status = await reload_rules(request.app, "POST /-/reload")
-    return web.json_response(status.as_dict(), status=200 if status.ok else 422)

@@ -10,17 +10,13 @@ Entity snapshots stay too: they are what ``changed`` compares with, one per enti
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 
-from aiohttp import web
-
-from router.appkeys import METRICS, SETTINGS, STORE
 from router.metrics import Metrics
 from router.store import Pruned, Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["retention_ctx", "run_retention"]
+__all__ = ["retention_loop", "run_retention"]
 
 BATCH = 1000
 MAX_PASSES = 100  # at most BATCH * MAX_PASSES rows of each kind per run
@@ -51,7 +47,9 @@ async def run_retention(
     return total
 
 
-async def _loop(store: Store, keep: float, every: float, metrics: Metrics) -> None:
+async def retention_loop(store: Store, keep: float, every: float, metrics: Metrics) -> None:
+    """Run retention every ``every`` seconds until cancelled; a failed pass is logged
+    and tried again at the next interval."""
     while True:
         try:
             pruned = await run_retention(store, keep=keep, now=time.time(), metrics=metrics)
@@ -68,20 +66,3 @@ async def _loop(store: Store, keep: float, every: float, metrics: Metrics) -> No
         except Exception:
             log.exception("retention pass failed; trying again later")
         await asyncio.sleep(every)
-
-
-async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Run retention for the life of the app (off when the interval is 0)."""
-    settings = app[SETTINGS]
-    # Events younger than the dedupe window are what recognises a repeat: keep them.
-    keep = max(settings.retention, settings.dedupe_window)
-    task = None
-    if settings.retention_interval > 0:
-        task = asyncio.create_task(
-            _loop(app[STORE], keep, settings.retention_interval, app[METRICS]),
-            name="router-retention",
-        )
-    yield
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)

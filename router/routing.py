@@ -19,8 +19,10 @@ from router.channels import DeliveryOutcome
 from router.matching import MISSING, MatchContext, lookup
 from router.metrics import Metrics
 from router.pacing import IngestPressure
-from router.rules import Rule, RuleSet
+from router.plugins import Plugins
+from router.rules import Rule, RuleSet, load_rules
 from router.sandbox import bounded
+from router.settings import Settings
 from router.snapshots import entity_key, merge_snapshot, previous_event
 from router.store import DigestEntry, DueDigest, InboxEvent, NewDelivery, RoutedEvent, Store
 from router.templates import RenderError, Templates, template_context
@@ -213,6 +215,13 @@ class Router:
             except (RenderError, KeyError) as exc:
                 jobs.append(NewDelivery(key, rule.name, channel, b"{}", str(exc)))
         return jobs
+
+
+def build_router(settings: Settings, plugins: Plugins) -> Router:
+    """Load templates and rules (raises ``ConfigErrors`` listing every problem)."""
+    templates = Templates(settings.templates, plugins.filters)
+    rules = load_rules(settings.rules, plugins.channel_types, templates=templates)
+    return Router(rules, templates)
 
 
 def _plain(value: Any) -> Any:

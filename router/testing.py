@@ -40,10 +40,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from router.app import create_app
-from router.appkeys import DISPATCHER, PLUGINS
 from router.channels import DeliveryOutcome
 from router.hookspecs import hookimpl
+from router.http.app import create_app
+from router.http.keys import DISPATCHER, PLUGINS
 from router.plugins import ENTRY_POINT_GROUP, PluginProblem, Plugins, load_plugins
 from router.settings import Settings
 from router.templates import builtin_templates

@@ -28,7 +28,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from router.app import create_app
+from router.http.app import create_app
 from router.settings import Settings
 from tests.receiver import SECRET, WebhookReceiver
 

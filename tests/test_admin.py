@@ -163,7 +163,7 @@ async def test_replay_and_purge_selectors(
 
 
 def test_since_accepts_durations_timestamps_and_iso_times() -> None:
-    from router.admin import BadQuery, parse_since
+    from router.delivery_queries import BadQuery, parse_since
 
     now = 1_700_000_000.0
     assert parse_since("90m", now=now) == now - 5400

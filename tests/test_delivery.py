@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from router.appkeys import DISPATCHER, STORE
+from router.http.keys import DISPATCHER, STORE
 from router.store import NewDelivery, RoutedEvent, open_store
 from tests.conftest import (
     ROOT,
@@ -393,7 +393,7 @@ async def test_webhook_headers_and_raw_event_body(
 
 
 async def test_draining_service_answers_503(service: ServiceFactory) -> None:
-    from router.appkeys import DRAINING
+    from router.http.keys import DRAINING
 
     client = await service(webhook_rules("", secret=None))
     client.app[DRAINING].set()

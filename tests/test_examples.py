@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from router.app import build_router
 from router.dryrun import dry_run
 from router.plugins import load_plugins
+from router.routing import build_router
 from router.settings import Settings
 from tests.conftest import EXAMPLES, ROOT
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from router import config_source, events, redact, sandbox, templates
-from router.admin import SESSION_SECONDS
+from router.http.auth import SESSION_SECONDS
 from router.plugins import load_plugins
 from router.rules import Defaults, load_rules
 from router.settings import Settings

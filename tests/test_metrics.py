@@ -9,7 +9,7 @@ import orjson
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.appkeys import DRAINING, METRICS
+from router.http.keys import DRAINING, METRICS
 from router.metrics import Metrics
 from tests.conftest import ServiceFactory, example, webhook_rules
 from tests.receiver import WebhookReceiver

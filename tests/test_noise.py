@@ -133,7 +133,7 @@ async def test_open_digest_survives_a_restart(
 async def test_routing_a_trickle_asks_the_store_only_what_can_find_work(
     service: ServiceFactory, receiver: WebhookReceiver
 ) -> None:
-    from router.appkeys import STORE
+    from router.http.keys import STORE
 
     every = "- {name: completions, events: [course_completed], notify: [hook]}\n"
     client = await service(rules(receiver.url, every))

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from router.openapi import openapi
+from router.http.openapi import openapi
 from tests.conftest import ROOT, ServiceFactory, webhook_rules
 from tests.processes import RouterProcess, free_port
 

@@ -193,8 +193,8 @@ async def test_replay_from_the_cli_while_the_service_runs(
 def test_serve_start_up_summary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from router.app import create_app
     from router.cli import _startup_summary, _store_label
+    from router.http.app import create_app
     from router.settings import Settings
     from tests.conftest import ROOT
 

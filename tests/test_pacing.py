@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from router.appkeys import DISPATCHER, ROUTING, STORE
+from router.http.keys import DISPATCHER, ROUTING, STORE
 from router.pacing import CROWDED, CROWDED_FOR, LONGEST_PAUSE, PAUSE_SLICE, IngestPressure
 from tests.conftest import ServiceFactory, StoreDB, example, webhook_rules
 from tests.receiver import WebhookReceiver

@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 import pytest
 
-from router.app import create_app
-from router.appkeys import STORE
+from router.http.app import create_app
+from router.http.keys import STORE
 from router.settings import Settings
 from router.store import DigestEntry, InboxEvent, NewDelivery, RoutedEvent
 from router.store.postgres import PostgresStore

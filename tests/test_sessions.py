@@ -10,8 +10,8 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
-from router.admin import COOKIE, SESSION_SECONDS, session_value
-from router.appkeys import SESSION_KEY
+from router.http.auth import COOKIE, SESSION_SECONDS, session_value
+from router.http.keys import SESSION_KEY
 from tests.conftest import ServiceFactory, example, webhook_rules
 
 TOKEN = "session-admin-token"

@@ -5,8 +5,8 @@ import textwrap
 
 from aiohttp.test_utils import TestClient
 
-from router.admin import COOKIE
-from router.appkeys import SETTINGS
+from router.http.auth import COOKIE
+from router.http.keys import SETTINGS
 from tests.conftest import ServiceFactory, example
 from tests.receiver import SECRET, WebhookReceiver
 from tests.test_metrics import until_metric

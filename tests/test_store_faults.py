@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from router.app import create_app
+from router.http.app import create_app
 from router.logs import RepeatFilter
 from router.settings import Settings
 from tests.conftest import ROOT, example

@@ -7,10 +7,14 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
-from router.admin import authorized, setup_admin_routes
-from router.appkeys import (
+from router.canvas_jwt import JwksVerifier
+from router.dispatch import Dispatcher, RetryPolicy, close_channels, open_channels
+from router.http.admin import setup_admin_routes
+from router.http.auth import admin_only
+from router.http.health import healthz, readyz
+from router.http.ingest import Ingest
+from router.http.keys import (
     DISPATCHER,
     DRAINING,
     HTTP,
@@ -25,37 +29,26 @@ from router.appkeys import (
     SETTINGS,
     STORE,
     STORE_HEALTH,
-    Live,
 )
-from router.canvas_jwt import JwksVerifier
-from router.dispatch import Dispatcher, RetryPolicy, close_channels, open_channels
-from router.ingest import Ingest, problem
+from router.http.metrics import metrics_handler
+from router.http.openapi import openapi_json
+from router.http.reload import post_reload, reload_ctx
+from router.http.status import status_page
 from router.logs import update_redactor
-from router.metrics import Metrics, metrics_handler
-from router.openapi import openapi_json
+from router.metrics import Metrics
 from router.pacing import IngestPressure
 from router.plugins import Plugins, load_plugins
 from router.redact import Redactor
-from router.reload import ReloadStatus, post_reload, reload_ctx
-from router.retention import retention_ctx
-from router.routing import Router, RoutingWorker
-from router.rules import load_rules
+from router.reload import Live, ReloadStatus
+from router.retention import retention_loop
+from router.routing import RoutingWorker, build_router
 from router.settings import Settings
 from router.store import StoreOpenError, open_store
 from router.store.health import StoreHealth
-from router.templates import Templates
-from router.web import status_page
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_router", "create_app"]
-
-
-def build_router(settings: Settings, plugins: Plugins) -> Router:
-    """Load templates and rules (raises ``ConfigErrors`` listing every problem)."""
-    templates = Templates(settings.templates, plugins.filters)
-    rules = load_rules(settings.rules, plugins.channel_types, templates=templates)
-    return Router(rules, templates)
+__all__ = ["create_app"]
 
 
 def create_app(settings: Settings, *, plugins: Plugins | None = None) -> web.Application:
@@ -96,22 +89,6 @@ def setup_routes(app: web.Application) -> None:
     if app[SETTINGS].admin_token is not None:  # the admin API is off unless configured
         app.router.add_post("/-/reload", admin_only(post_reload))
         setup_admin_routes(app, admin_only)
-
-
-def admin_only(handler: Handler) -> Handler:
-    """Wrap an admin route: it needs ``Authorization: Bearer <ROUTER_ADMIN_TOKEN>``, or
-    the status page's session cookie (plus its CSRF field on a POST)."""
-
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        if not await authorized(request):
-            return web.json_response(
-                {"error": "missing or wrong admin token"},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="router-admin"'},
-            )
-        return await handler(request)
-
-    return guarded
 
 
 def redactor(app: web.Application) -> Redactor:
@@ -200,36 +177,24 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     await close_channels(dispatcher.channels)
 
 
+async def retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run retention for the life of the app (off when the interval is 0)."""
+    settings = app[SETTINGS]
+    # Events younger than the dedupe window are what recognises a repeat: keep them.
+    keep = max(settings.retention, settings.dedupe_window)
+    task = None
+    if settings.retention_interval > 0:
+        task = asyncio.create_task(
+            retention_loop(app[STORE], keep, settings.retention_interval, app[METRICS]),
+            name="router-retention",
+        )
+    yield
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def start_draining(app: web.Application) -> None:
     """On SIGTERM: new events get 503 while in-flight work finishes."""
     app[DRAINING].set()
     log.info("draining: no new events accepted")
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """Process is alive."""
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """Ready to accept: store reachable, rules loaded, not draining."""
-    app = request.app
-    if app[DRAINING].is_set():
-        return problem(503, "draining", state="draining")
-    try:
-        counts = await asyncio.wait_for(app[STORE].counts(), timeout=5)
-    except Exception as exc:
-        return problem(503, f"store unreachable: {type(exc).__name__}", state="unready")
-    failing = app[STORE_HEALTH].problem()
-    if failing is not None:  # readable, but not writable (a full disk)
-        return problem(503, failing, state="unready")
-    return web.json_response(
-        {
-            "state": "ready",
-            "rules": app[LIVE].router.rules.file,
-            "rules_reload": app[RELOAD].as_dict(),
-            "events_pending": counts.events_pending,
-            "deliveries_pending": counts.deliveries_pending,
-            "dead_letters": counts.dead,
-        }
-    )

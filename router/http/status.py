@@ -19,7 +19,7 @@ import jinja2
 from aiohttp import web
 
 from router import __version__
-from router.admin import (
+from router.http.auth import (
     COOKIE,
     SESSION_SECONDS,
     bearer_ok,
@@ -28,7 +28,7 @@ from router.admin import (
     same,
     session_value,
 )
-from router.appkeys import (
+from router.http.keys import (
     DISPATCHER,
     LIVE,
     METRICS,

@@ -1,8 +1,6 @@
 """Typed keys for everything the application holds (no globals, no singletons)."""
 
 import asyncio
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -12,26 +10,31 @@ from router.dispatch import Dispatcher
 from router.metrics import Metrics
 from router.pacing import IngestPressure
 from router.plugins import Plugins
-from router.routing import Router, RoutingWorker
+from router.reload import Live, ReloadStatus
+from router.routing import RoutingWorker
 from router.settings import Settings
 from router.store import Store
 from router.store.health import StoreHealth
 
-if TYPE_CHECKING:
-    from router.reload import ReloadStatus
+__all__ = [
+    "DISPATCHER",
+    "DRAINING",
+    "HTTP",
+    "JWKS",
+    "LIVE",
+    "METRICS",
+    "PLUGINS",
+    "PRESSURE",
+    "RELOAD",
+    "ROUTING",
+    "SESSION_KEY",
+    "SETTINGS",
+    "STORE",
+    "STORE_HEALTH",
+]
 
 SETTINGS = web.AppKey("settings", Settings)
 PLUGINS = web.AppKey("plugins", Plugins)
-
-
-@dataclass
-class Live:
-    """What a reload swaps in: the router (rules and templates). The app's state is
-    fixed once it starts, so the swap happens inside this holder."""
-
-    router: Router
-
-
 LIVE = web.AppKey("live", Live)
 STORE = web.AppKey("store", Store)
 STORE_HEALTH = web.AppKey("store_health", StoreHealth)
@@ -42,6 +45,6 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 DRAINING = web.AppKey("draining", asyncio.Event)
 PRESSURE = web.AppKey("pressure", IngestPressure)
 METRICS = web.AppKey("metrics", Metrics)
-RELOAD: "web.AppKey[ReloadStatus]" = web.AppKey("reload")
+RELOAD = web.AppKey("reload", ReloadStatus)
 #: Signs the status page's session cookies; random at each start (a restart revokes them).
 SESSION_KEY = web.AppKey("session_key", bytes)

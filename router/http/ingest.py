@@ -14,7 +14,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from router.appkeys import (
+from router.canvas_jwt import JwksVerifier, JwtError, KeysUnavailable
+from router.events import (
+    BadRequest,
+    InvalidEvents,
+    ParsedEvent,
+    TooManyItems,
+    parse_body,
+)
+from router.http.keys import (
     DRAINING,
     JWKS,
     METRICS,
@@ -23,14 +31,6 @@ from router.appkeys import (
     SETTINGS,
     STORE,
     STORE_HEALTH,
-)
-from router.canvas_jwt import JwksVerifier, JwtError, KeysUnavailable
-from router.events import (
-    BadRequest,
-    InvalidEvents,
-    ParsedEvent,
-    TooManyItems,
-    parse_body,
 )
 from router.routing import RoutingWorker
 from router.store import Store

@@ -1,0 +1,39 @@
+"""``GET /healthz`` (the process is alive) and ``GET /readyz`` (ready to accept)."""
+
+import asyncio
+
+from aiohttp import web
+
+from router.http.ingest import problem
+from router.http.keys import DRAINING, LIVE, RELOAD, STORE, STORE_HEALTH
+
+__all__ = ["healthz", "readyz"]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Process is alive."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready to accept: store readable and writable, rules loaded, not draining."""
+    app = request.app
+    if app[DRAINING].is_set():
+        return problem(503, "draining", state="draining")
+    try:
+        counts = await asyncio.wait_for(app[STORE].counts(), timeout=5)
+    except Exception as exc:
+        return problem(503, f"store unreachable: {type(exc).__name__}", state="unready")
+    failing = app[STORE_HEALTH].problem()
+    if failing is not None:  # readable, but not writable (a full disk)
+        return problem(503, failing, state="unready")
+    return web.json_response(
+        {
+            "state": "ready",
+            "rules": app[LIVE].router.rules.file,
+            "rules_reload": app[RELOAD].as_dict(),
+            "events_pending": counts.events_pending,
+            "deliveries_pending": counts.deliveries_pending,
+            "dead_letters": counts.dead,
+        }
+    )
