@@ -7,15 +7,20 @@ Plugin authors import everything they need from here::
 
 from router.channels import Channel, DeliveryError, Message, PermanentError, RetryableError
 from router.hookspecs import hookimpl
+from router.sandbox import BoundedSandbox, LimitExceeded, RenderLimits, bounded
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BoundedSandbox",
     "Channel",
     "DeliveryError",
+    "LimitExceeded",
     "Message",
     "PermanentError",
+    "RenderLimits",
     "RetryableError",
     "__version__",
+    "bounded",
     "hookimpl",
 ]
