@@ -100,6 +100,10 @@ def serve(**options: Any) -> None:
       ROUTER_BACKOFF_BASE (1 s)  ROUTER_BACKOFF_CAP (600 s)  ROUTER_SHUTDOWN_GRACE (10 s)
       ROUTER_SQLITE_SYNCHRONOUS (FULL|NORMAL)  ROUTER_PLUGINS_BLOCK (JSON list)
       ROUTER_BACKGROUND_SHARE (0.1) CPU share of routing/delivery during an ingest burst
+      ROUTER_READ_TIMEOUT (30 s) to send a request's head, then its body (else closed/408)
+      ROUTER_RELOAD_TIMEOUT (30 s) before a reload still validating is abandoned
+      ROUTER_PUBLIC_URL      where people reach the router; https:// makes the status
+                             page's session cookie Secure behind a TLS proxy
       ROUTER_TRACE_PLUGINS=1 logs every hook call
     """
     settings = settings_from_options(**options)
