@@ -291,3 +291,22 @@ async def test_a_bomb_fails_its_delivery_and_the_service_keeps_serving(
 def test_formatting_that_stays_small_is_not_refused(template: str, expected: str) -> None:
     env = Templates(ROOT / "templates").env
     assert env.from_string(template).render() == expected
+
+
+def test_router_test_is_bounded_the_same_way(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from router.cli import cli
+
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    (templates / "slow.j2").write_text(
+        "{% for i in range(body.n) %}{% for j in range(body.n) %}{% endfor %}{% endfor %}"
+    )
+    limits = "render_timeout: 0.5s, render_max_output: 100000000"
+    rules = rules_file(tmp_path, "template: slow", defaults=limits)
+    event = tmp_path / "event.json"
+    event.write_text('{"metadata": {"event_name": "x"}, "body": {"n": 100000}}')
+    args = ["test", str(rules), str(event), "--templates", str(templates), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert "took longer than render_timeout (0.5s)" in result.output, result.output
