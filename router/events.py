@@ -163,8 +163,11 @@ def _is_event(item: Any) -> bool:
 
 
 # An integer of 20 digits or more may not fit 64 bits, which is all orjson keeps exact
-# (it reads a bigger one as a float). Rare: such bodies are read again, exactly.
-_LONG_NUMBER = re.compile(rb"\d{20}")
+# (it reads a bigger one as a float). Rare: such bodies are read again, exactly. The
+# check maps every digit to "0" and anything else to "." and looks for twenty zeros:
+# several times cheaper than a regular expression on the ingest path.
+_DIGITS_ONLY = bytes(ord("0") if 48 <= b <= 57 else ord(".") for b in range(256))
+_TWENTY_DIGITS = b"0" * 20
 _INT_RANGE = (-(2**63), 2**64 - 1)
 
 
@@ -189,7 +192,7 @@ def _exact_items(data: bytes, ndjson: bool) -> list[Any]:
 def _integer_errors(data: bytes, ndjson: bool) -> list[ItemError]:
     """An integer beyond 64 bits would be stored and forwarded as a float, not as
     received: such an event is refused, naming the field."""
-    if _LONG_NUMBER.search(data) is None:
+    if _TWENTY_DIGITS not in data.translate(_DIGITS_ONLY):
         return []
     return [
         ItemError(
