@@ -2,10 +2,22 @@
 
 Plugin authors import everything they need from here::
 
-    from router import hookimpl, Channel, Message, PermanentError, RetryableError
+    from router import (
+        Channel, ChannelConfig, DeliveryOutcome, Message, PermanentError, RetryableError,
+        hookimpl, retry_after_seconds,
+    )
 """
 
-from router.channels import Channel, DeliveryError, Message, PermanentError, RetryableError
+from router.channels import (
+    Channel,
+    ChannelConfig,
+    DeliveryError,
+    DeliveryOutcome,
+    Message,
+    PermanentError,
+    RetryableError,
+    retry_after_seconds,
+)
 from router.hookspecs import hookimpl
 from router.sandbox import BoundedSandbox, LimitExceeded, RenderLimits, bounded
 
@@ -14,7 +26,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BoundedSandbox",
     "Channel",
+    "ChannelConfig",
     "DeliveryError",
+    "DeliveryOutcome",
     "LimitExceeded",
     "Message",
     "PermanentError",
@@ -23,4 +37,5 @@ __all__ = [
     "__version__",
     "bounded",
     "hookimpl",
+    "retry_after_seconds",
 ]

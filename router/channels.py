@@ -47,7 +47,8 @@ class PermanentError(DeliveryError):
 
 
 #: Keys of a channel in rules.yaml that the router itself reads; a plugin's config
-#: model must not declare them (they would never reach it).
+#: model must not declare them (they would never reach it). Optional to use: the router
+#: checks this when a plugin registers a channel; a plugin never needs to import it.
 HOST_KEYS = (
     "type",
     "concurrency",
@@ -77,9 +78,10 @@ class Message(BaseModel):
 
     The event comes two ways: ``event``, a dict parsed on first use, and
     ``event_json``, the event as the router stored it (compact JSON with sorted keys).
-    A channel that forwards the event unchanged sends ``event_json`` (or embeds it with
-    ``orjson.Fragment``) and never pays for parsing and serialising it again. Build
-    a message by hand with either ``event={...}`` or ``event_json=b"..."``.
+    ``event`` is all a channel needs; ``event_json`` is optional, for speed: a channel
+    that forwards the event unchanged sends it (or embeds it with ``orjson.Fragment``)
+    and never pays for parsing and serialising it again. Build a message by hand with
+    either ``event={...}`` or ``event_json=b"..."``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -137,9 +139,11 @@ class Channel:
     def renders_message(cls, config: ChannelConfig) -> bool:
         """Whether a channel with this config sends the rendered message.
 
-        Return False when it sends only the raw event (``message.event``): routing then
-        skips the template for it, and ``title``, ``text`` and ``blocks`` stay empty.
-        Rendering is most of what routing costs, so say so when it is wasted.
+        Optional, for speed only: the default (True) is always correct. Return False
+        when it sends only the raw event (``message.event``): routing then skips the
+        template for it, and ``title``, ``text`` and ``blocks`` stay empty. Rendering is
+        most of what routing costs, so say so when it is wasted. An exception here makes
+        the delivery a dead letter naming the plugin.
         """
         return True
 
@@ -148,15 +152,20 @@ class Channel:
 
         When a reason is given the router logs what it would have sent and records
         the delivery as ``logged`` instead of calling ``send``: the example rules run
-        on a fresh machine without any credentials.
+        on a fresh machine without any credentials. Asked once, after ``open``; an
+        exception here makes the channel's deliveries fail (retried, then dead letters)
+        with the plugin named.
         """
         return None
 
     async def open(self) -> None:
-        """Acquire resources (sessions, clients) before the first ``send``."""
+        """Acquire resources (sessions, clients) before the first ``send``. An exception
+        here makes the channel's deliveries fail (retried, then dead letters) with the
+        plugin named; the other channels keep working."""
 
     async def close(self) -> None:
-        """Release what ``open`` acquired; called once on shutdown or rules reload."""
+        """Release what ``open`` acquired; called once on shutdown or rules reload. An
+        exception here is logged with the plugin's name and stops nothing."""
 
     async def send(self, message: Message) -> None:
         """Deliver ``message`` or raise ``RetryableError`` / ``PermanentError``.
@@ -168,7 +177,12 @@ class Channel:
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    """What became of one delivery attempt (passed to the ``delivery_finished`` hook)."""
+    """What became of one delivery attempt (passed to the ``delivery_finished`` hook).
+
+    ``attempt`` is 1 for the first try; 0 for a delivery born dead (status ``dead``):
+    its message could not be made (a template error, or the plugin's
+    ``renders_message`` raised), so nothing was attempted.
+    """
 
     key: str
     event_id: str

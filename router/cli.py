@@ -18,9 +18,10 @@ from router.dryrun import DryRunError, EventReport, dry_run
 from router.http.app import create_app
 from router.http.keys import LIVE, PLUGINS
 from router.logs import setup_logging, update_redactor
+from router.outbox import PluginRaised, is_raw_event, log_only_reason
 from router.plugins import Plugins, load_plugins
 from router.redact import Redactor
-from router.routing import build_router, is_raw_event
+from router.routing import build_router
 from router.rules import RuleSet
 from router.settings import Settings
 from router.store import StoreOpenError, served, sqlite_path
@@ -35,7 +36,12 @@ def _print_plugin_problems(plugins: Plugins) -> None:
 
 def _print_rule_warnings(rules: RuleSet) -> None:
     for warning in rules.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(f"warning: {_one_line(str(warning))}", err=True)
+
+
+def _one_line(message: str) -> str:
+    """A message on one line: one problem per line, whatever a library's text holds."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _env(name: str) -> str:
@@ -119,7 +125,9 @@ def serve(**options: Any) -> None:
         app = create_app(settings, plugins=plugins)
     except ConfigErrors as exc:
         for error in exc.errors:
-            click.echo(str(error), err=True)
+            click.echo(_one_line(str(error)), err=True)
+        for warning in exc.warnings:
+            click.echo(f"warning: {_one_line(str(warning))}", err=True)
         click.echo(f"{len(exc.errors)} error(s) in {settings.rules}; not starting.", err=True)
         sys.exit(1)
     for warning in app[LIVE].router.rules.warnings:
@@ -184,10 +192,10 @@ def startup_summary(settings: Settings, app: web.Application) -> dict[str, str]:
     log_only = []
     for name, channel in rules.channels.items():
         try:
-            instance = channel.type.cls(name, channel.config)
-            reason = "log_only: true" if channel.options.log_only else instance.log_only_reason()
-        except Exception as exc:  # a plugin's own code
-            reason = f"cannot tell: {type(exc).__name__}"
+            reason = log_only_reason(channel, channel.type.cls(name, channel.config))
+        except Exception as exc:  # a plugin's own code: its type only (its text may hold a secret)
+            cause = exc.__cause__ if isinstance(exc, PluginRaised) else exc
+            reason = f"cannot tell: {type(cause).__name__}"
         if reason:
             log_only.append(f"{name} ({reason})")
     base = f"http://{settings.host}:{settings.port}"
@@ -263,9 +271,14 @@ def validate(
     try:
         router = build_router(settings, plugins)
     except ConfigErrors as exc:
+        # The report is one stream, as a linter's: every error, the warnings, then the
+        # count on a line of its own, in that order however the output is captured.
         for error in exc.errors:
-            click.echo(str(error))
-        click.echo(f"{len(exc.errors)} error(s)", err=True)
+            click.echo(_one_line(str(error)))
+        for warning in exc.warnings:
+            click.echo(f"warning: {_one_line(str(warning))}")
+        warned = len(exc.warnings) + len(plugins.problems)
+        click.echo(f"{len(exc.errors)} error(s)" + (f", {warned} warning(s)" if warned else ""))
         sys.exit(1)
     rules = router.rules
     _print_rule_warnings(rules)
@@ -306,7 +319,9 @@ def test_rules(
         reports = dry_run(router, list(events))
     except ConfigErrors as exc:
         for error in exc.errors:
-            click.echo(str(error), err=True)
+            click.echo(_one_line(str(error)), err=True)
+        for warning in exc.warnings:
+            click.echo(f"warning: {_one_line(str(warning))}", err=True)
         sys.exit(1)
     except DryRunError as exc:
         click.echo(f"error: {exc}", err=True)

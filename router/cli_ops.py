@@ -22,13 +22,15 @@ from router.delivery_queries import (
     STATES,
     BadQuery,
     Selector,
+    empty_dlq,
     loads_redacted,
     parse_since,
     record_dict,
 )
+from router.outbox import is_raw_event
 from router.plugins import load_plugins
 from router.redact import Redactor
-from router.routing import build_router, is_raw_event
+from router.routing import build_router
 from router.store import DeliveryRecord, Store, open_store
 
 __all__ = ["deliveries", "dlq"]
@@ -210,12 +212,17 @@ def dlq_list(
 ) -> None:
     """List dead letters, newest first, with attempts and last error."""
     after = _since(since)
-    records = _with_store(
-        db,
-        lambda store: store.list_deliveries(
+
+    async def listing(store: Store) -> tuple[list[DeliveryRecord], int]:
+        records = await store.list_deliveries(
             state="dead", channel=channel, rule=rule, since=after, limit=limit
-        ),
-    )
+        )
+        return records, (await store.counts()).dead
+
+    records, total = _with_store(db, listing)
+    if not records and not as_json:
+        click.echo(empty_dlq(total))
+        return
     _print_records(records, _redactor(db), as_json=as_json)
 
 

@@ -35,10 +35,12 @@ class ConfigError:
 
 
 class ConfigErrors(Exception):
-    """Raised with every error found, sorted by file, then (line, column)."""
+    """Raised with every error found, sorted by file, then (line, column); and the
+    warnings found in the same pass, so that one run shows both."""
 
-    def __init__(self, errors: Iterable[ConfigError]) -> None:
+    def __init__(self, errors: Iterable[ConfigError], warnings: Iterable[ConfigError] = ()) -> None:
         self.errors: list[ConfigError] = sorted(errors)
+        self.warnings: list[ConfigError] = sorted(warnings)
         super().__init__("\n".join(map(str, self.errors)))
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "STATES",
     "BadQuery",
     "Selector",
+    "empty_dlq",
     "loads_redacted",
     "parse_limit",
     "parse_since",
@@ -153,6 +154,14 @@ class Selector:
         if selector.empty:
             raise BadQuery('say which dead letters: {"ids": [...]}, {"all": true} or filters')
         return selector
+
+
+def empty_dlq(total: int) -> str:
+    """What an empty dead-letter listing says: the queue is empty, or the filters
+    matched none of the ``total`` dead letters it holds."""
+    if total == 0:
+        return "no dead letters: the dead-letter queue is empty"
+    return f"no dead letters match; the queue holds {total}"
 
 
 def record_dict(record: DeliveryRecord, redact: Redactor) -> dict[str, Any]:

@@ -11,17 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-from pydantic import ValidationError
-
 from router.breaker import CircuitBreaker
-from router.channels import Channel, DeliveryOutcome, Message, PermanentError, RetryableError
+from router.channels import Channel, DeliveryOutcome, PermanentError, RetryableError
 from router.metrics import Metrics
+from router.outbox import DamagedMessage, Outcomes, PluginRaised, log_only_reason, message_for
 from router.pacing import IngestPressure
 from router.plugins import Plugins
 from router.ratelimit import RateLimiter, parse_rate
 from router.redact import Redactor
-from router.routing import is_raw_event
 from router.rules import ChannelDef
 from router.store import DeliveryJob, Store
 
@@ -74,11 +71,17 @@ class Attempted:
 
 @dataclass
 class ChannelRuntime:
-    """A live channel: its definition, its instance and how many sends are in flight."""
+    """A live channel: its definition, its instance and how many sends are in flight.
+
+    ``broken``: why the channel cannot work (its plugin raised while it was set up);
+    its deliveries fail with that error. ``log_only``: why it logs what it would send
+    instead of sending (``outbox.log_only_reason``, decided once when it opens).
+    """
 
     definition: ChannelDef
     instance: Channel
     broken: str | None = None
+    log_only: str | None = None
     claimed: int = 0
     #: The last claim took every due job: claim again only when woken from outside
     #: (new jobs) or when the poll interval has passed (retries come due).
@@ -114,8 +117,9 @@ class ChannelRuntime:
 
 
 async def open_channels(definitions: dict[str, ChannelDef]) -> dict[str, ChannelRuntime]:
-    """Instantiate and open every channel; a plugin that fails here is isolated: its
-    deliveries fail (and are retried) while the other channels work."""
+    """Instantiate and open every channel, and decide whether it only logs. A plugin that
+    raises here is isolated: its deliveries fail (and are retried, then dead-lettered)
+    with the plugin named, while the other channels work."""
     runtimes = {}
     for name, definition in definitions.items():
         plugin = definition.type.plugin
@@ -124,7 +128,6 @@ async def open_channels(definitions: dict[str, ChannelDef]) -> dict[str, Channel
                 name, definition.config, timeout=definition.options.timeout
             )
             await instance.open()
-            runtimes[name] = ChannelRuntime(definition, instance)
         except Exception as exc:
             log.exception("channel failed to open", extra={"channel": name, "plugin": plugin})
             runtimes[name] = ChannelRuntime(
@@ -132,21 +135,33 @@ async def open_channels(definitions: dict[str, ChannelDef]) -> dict[str, Channel
                 Channel(name, definition.config),
                 broken=f"channel plugin {plugin!r} failed to open: {type(exc).__name__}: {exc}",
             )
+            continue
+        try:
+            runtimes[name] = ChannelRuntime(
+                definition, instance, log_only=log_only_reason(definition, instance)
+            )
+        except PluginRaised as exc:
+            log.exception("channel plugin raised", extra={"channel": name, "plugin": plugin})
+            runtimes[name] = ChannelRuntime(definition, instance, broken=str(exc))
+            await _close(runtimes[name])
     return runtimes
+
+
+async def _close(runtime: ChannelRuntime) -> None:
+    try:
+        await runtime.instance.close()
+    except Exception:
+        log.exception(
+            "channel failed to close",
+            extra={"channel": runtime.name, "plugin": runtime.definition.type.plugin},
+        )
 
 
 async def close_channels(runtimes: dict[str, ChannelRuntime]) -> None:
     """Close every channel, logging (not raising) plugin failures."""
     for runtime in runtimes.values():
-        if runtime.broken:
-            continue
-        try:
-            await runtime.instance.close()
-        except Exception:
-            log.exception(
-                "channel failed to close",
-                extra={"channel": runtime.name, "plugin": runtime.definition.type.plugin},
-            )
+        if not runtime.broken:
+            await _close(runtime)
 
 
 class Dispatcher:
@@ -163,14 +178,15 @@ class Dispatcher:
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
         pressure: IngestPressure | None = None,
+        outcomes: Outcomes | None = None,
     ) -> None:
         self.store = store
-        self.plugins = plugins
         self.policy = policy
         self.redactor = redactor
         self.clock = clock
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
+        self.outcomes = outcomes or Outcomes(self.metrics, plugins.delivery_finished)
         self.pressure = pressure or IngestPressure(share=1.0)
         self.channels: dict[str, ChannelRuntime] = {}
         self._wake = asyncio.Event()
@@ -363,38 +379,19 @@ class Dispatcher:
         definition = runtime.definition
         plugin = definition.type.plugin
         attempt = job.attempts + 1
-        rendered = orjson.loads(job.message)
         try:
-            # Validated, though the router wrote these records itself: pydantic-core
-            # checks ten fields in less time than model_construct copies them.
-            message = Message(
-                key=job.key,
-                event_id=job.event_id,
-                event_name=job.event_name,
-                rule=job.rule,
-                channel=job.channel,
-                attempt=attempt,
-                title=rendered.get("title", ""),
-                text=rendered.get("text", ""),
-                blocks=rendered.get("blocks", {}),
-                event_json=job.event,
-            )
-        except ValidationError as exc:  # a damaged record: no retry can mend it
-            fields = "; ".join(
-                f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
-                for err in exc.errors(include_input=False, include_url=False)
-            )
-            return Attempted(attempt, f"stored message is damaged: {fields}", None, True, False)
+            message, raw_event = message_for(job, attempt)
+        except DamagedMessage as exc:  # no retry can mend it
+            return Attempted(attempt, str(exc), None, True, False)
         error: str | None = None
         retry_after: float | None = None
         permanent = False
-        log_only = "log_only: true" if definition.options.log_only else None
-        log_only = log_only or (None if runtime.broken else runtime.instance.log_only_reason())
+        log_only = runtime.log_only
         if runtime.broken:
             error = runtime.broken
         elif log_only:
             # What the channel would send: its message, or the event itself.
-            if is_raw_event(rendered):
+            if raw_event:
                 sent: dict[str, Any] = {"event": message.event}
             else:
                 sent = {"title": message.title, "text": message.text}
@@ -478,22 +475,5 @@ class Dispatcher:
             error=error,
             retry_in=retry_in,
         )
-        level = logging.WARNING if status in ("retry", "dead") else logging.INFO
-        if log.isEnabledFor(level):  # building the fields costs more than this check
-            log.log(
-                level,
-                f"delivery {status}",
-                extra={
-                    "event_id": job.event_id,
-                    "rule": job.rule,
-                    "channel": job.channel,
-                    "key": job.key,
-                    "attempt": attempt,
-                    "error": error,
-                    "retry_in": None if retry_in is None else round(retry_in, 3),
-                },
-            )
         latency = now - (job.received_at or job.created_at) if status == "delivered" else None
-        self.metrics.delivery(job.channel, status, attempt, latency)
-        for plugin in self.plugins.delivery_finished(outcome):
-            self.metrics.plugin_errors.labels(plugin, "delivery_finished").inc()
+        self.outcomes.report(outcome, latency=latency)

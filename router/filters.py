@@ -77,19 +77,55 @@ def _zone(name: str) -> ZoneInfo | None:
 
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?(?::\d{1,5})?")
 
-# kind -> path pattern; {id} is the (local) id, {course} the course's (local) id.
-_CANVAS_PATHS = {
-    "course": "/courses/{id}",
-    "syllabus": "/courses/{id}/assignments/syllabus",
-    "modules": "/courses/{id}/modules",
-    "grades": "/courses/{id}/grades",
-    "section": "/sections/{id}",
-    "course_section": "/courses/{course}/sections/{id}",
-    "user": "/users/{id}",
-    "course_user": "/courses/{course}/users/{id}",
-    "account": "/accounts/{id}",
+# kind -> (path inside a course, path inside a group, path on its own); None where
+# Canvas has no such page. {id} is the object's (local) id, {course} the course's,
+# {group} the group's, {assignment} the assignment's. Shapes from canvas-lms
+# config/routes.rb; a wiki page is addressed by id as "page_id:<id>" (Wiki#find_page).
+_CANVAS_PATHS: dict[str, tuple[str | None, str | None, str | None]] = {
+    "course": (None, None, "/courses/{id}"),
+    "syllabus": (None, None, "/courses/{id}/assignments/syllabus"),
+    "modules": (None, None, "/courses/{id}/modules"),
+    "grades": (None, None, "/courses/{id}/grades"),
+    "section": ("/courses/{course}/sections/{id}", None, "/sections/{id}"),
+    "user": ("/courses/{course}/users/{id}", "/groups/{group}/users/{id}", "/users/{id}"),
+    "account": (None, None, "/accounts/{id}"),
+    "group": (None, None, "/groups/{id}"),
+    "assignment": ("/courses/{course}/assignments/{id}", None, None),
+    "submission": ("/courses/{course}/assignments/{assignment}/submissions/{id}", None, None),
+    "discussion_topic": (
+        "/courses/{course}/discussion_topics/{id}",
+        "/groups/{group}/discussion_topics/{id}",
+        None,
+    ),
+    "quiz": ("/courses/{course}/quizzes/{id}", None, None),
+    "page": ("/courses/{course}/pages/page_id:{id}", "/groups/{group}/pages/page_id:{id}", None),
+    "file": ("/courses/{course}/files/{id}", "/groups/{group}/files/{id}", "/files/{id}"),
+    "module": ("/courses/{course}/modules#module_{id}", None, None),
+    "module_item": ("/courses/{course}/modules/items/{id}", None, None),
+    "outcome": ("/courses/{course}/outcomes/{id}", None, None),
+    "conversation": (None, None, "/conversations/{id}"),
 }
-_ALIASES = {"courses": "course", "sections": "section", "users": "user", "accounts": "account"}
+_ALIASES = {
+    "courses": "course",
+    "sections": "section",
+    "course_section": "section",
+    "users": "user",
+    "course_user": "user",
+    "accounts": "account",
+    "groups": "group",
+    "assignments": "assignment",
+    "submissions": "submission",
+    "discussion": "discussion_topic",
+    "discussion_topics": "discussion_topic",
+    "announcement": "discussion_topic",
+    "quizzes": "quiz",
+    "pages": "page",
+    "wiki_page": "page",
+    "files": "file",
+    "attachment": "file",
+    "module_items": "module_item",
+    "conversations": "conversation",
+}
 
 
 def _canvas_host(context: Mapping[str, Any], hostname: Any) -> str:
@@ -123,19 +159,37 @@ def canvas_url(
     kind: str = "course",
     course: Any = None,
     hostname: str | None = None,
+    group: Any = None,
+    assignment: Any = None,
 ) -> str:
     """A link back to Canvas on the event's host (``metadata.hostname``, else the host of
-    ``metadata.url``, or the ``hostname`` you pass); "" without a host or an id.
+    ``metadata.url``, or the ``hostname`` you pass); "" without a host, an id, or the
+    course (or group) the object lives in.
 
-    ``value`` is an id (global ids become local) and ``kind`` one of ``course``,
-    ``syllabus``, ``modules``, ``grades``, ``section``, ``user``, ``account`` (plurals
-    work too), or ``path`` for a path such as ``/courses/565/files``. A ``section`` or
-    ``user`` with ``course=`` links inside that course::
+    ``value`` is an id (global ids become local) and ``kind`` says what it is:
+
+    - on its own: ``course``, ``syllabus``, ``modules``, ``grades`` (of a course),
+      ``section``, ``user``, ``account``, ``group``, ``file``, ``conversation``;
+    - inside a course (``course=``): ``assignment``, ``quiz``, ``discussion_topic``,
+      ``page`` (a wiki page, by id), ``file``, ``module``, ``module_item``,
+      ``outcome``, ``section``, ``user``; and ``submission``, whose ``value`` is the
+      student's user id, with ``assignment=`` too (Canvas shows a submission per
+      assignment and student);
+    - inside a group (``group=``): ``discussion_topic``, ``page``, ``file``, ``user``;
+    - ``path``: ``value`` is a path such as ``/courses/565/files``.
+
+    Plurals work too (``users``), except ``modules``, which is a course's modules page::
 
         {{ body.course.id | canvas_url }}              -> https://oxana.instructure.com/courses/565
         {{ body.course_id | canvas_url("syllabus") }}  -> .../courses/565/assignments/syllabus
         {{ body.course_section_id | canvas_url("section", course=body.course_id) }}
                                                        -> .../courses/565/sections/1234567
+        {{ body.assignment_id | canvas_url("assignment", course=565) }}
+                                                       -> .../courses/565/assignments/355
+        {{ body.user_id | canvas_url("submission", course=565, assignment=355) }}
+                                           -> .../courses/565/assignments/355/submissions/48
+        {{ body.wiki_page_id | canvas_url("page", course=565) }}
+                                                       -> .../courses/565/pages/page_id:9
         {{ body.user.id | canvas_url("user") }}        -> .../users/123
         {{ "/courses/565/modules" | canvas_url("path") }}
     """
@@ -148,16 +202,29 @@ def canvas_url(
             path = "" if value is None else str(value).strip()
             if not path or path.startswith("//") or not path.startswith("/"):
                 return ""
-            return f"https://{host}{quote(path, safe='/?&=%:@+,;~!$*()')}"
+            return f"https://{host}{quote(path, safe='/?&=%:@+,;~!$*()#')}"
         ident = _id_part(value)
         if not ident or kind not in _CANVAS_PATHS:
             return ""
-        course_id = _id_part(course)
-        if course_id and kind in ("section", "user"):
-            kind = f"course_{kind}"
-        elif not course_id and kind in ("course_section", "course_user"):
-            kind = kind.removeprefix("course_")
-        return f"https://{host}{_CANVAS_PATHS[kind].format(id=ident, course=course_id)}"
+        in_course, in_group, alone = _CANVAS_PATHS[kind]
+        parts = {
+            "id": ident,
+            "course": _id_part(course),
+            "group": _id_part(group),
+            "assignment": _id_part(assignment),
+        }
+        for pattern in (
+            in_course if parts["course"] else None,
+            in_group if parts["group"] else None,
+            alone,
+        ):
+            if pattern is not None and all(
+                parts[name]
+                for name in ("course", "group", "assignment")
+                if f"{{{name}}}" in pattern
+            ):
+                return f"https://{host}{pattern.format(**parts)}"
+        return ""
     except Exception:
         return ""
 

@@ -59,12 +59,15 @@ def register_template_filters(register: "Callable[[str, Callable[..., Any]], Non
 def delivery_finished(outcome: "DeliveryOutcome") -> None:
     """Observe a delivery attempt once it has finished (delivered, retried, dead-lettered).
 
-    Called after the outcome is durable. Observers must be quick and must not raise;
-    an exception is logged with the plugin's name and otherwise ignored.
+    Called after the outcome is durable, for every attempt and for every delivery born
+    dead. Observers must be quick and must not raise; an exception is logged with the
+    plugin's name and otherwise ignored.
 
     :param outcome: what happened: the delivery's key, channel, rule, attempt number,
         status (``delivered``, ``logged``, ``retry``, ``dead``) and error text if any.
-        Attempt 0 means the message could not even be rendered (a template error).
+        Attempts count from 1; attempt 0 (status ``dead``) is a delivery born dead: its
+        message could not be made (a template error, or the plugin's
+        ``renders_message`` raised), so nothing was attempted.
 
     Example::
 

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from router.config_source import ConfigErrors
+from router.config_source import ConfigError, ConfigErrors
 from router.dispatch import ChannelRuntime, Dispatcher, close_channels, open_channels
 from router.logs import update_redactor
 from router.routing import Router
+from router.rules import UNKNOWN_CHANNEL_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ async def reload_rules(
             router = await asyncio.wait_for(asyncio.to_thread(build), give_up_after)
         except (ConfigErrors, TimeoutError) as exc:
             if isinstance(exc, ConfigErrors):
-                errors = [str(e) for e in exc.errors]
+                errors = [_reload_error(e) for e in exc.errors]
             else:
                 errors = [
                     f"reload abandoned: validating the files took longer than"
@@ -127,6 +128,18 @@ async def reload_rules(
             },
         )
         return status
+
+
+def _reload_error(error: ConfigError) -> str:
+    """An error as a reload reports it: a channel type no loaded plugin registers may
+    come from a plugin installed since the start, which only a restart loads."""
+    text = str(error)
+    if error.message.startswith(UNKNOWN_CHANNEL_TYPE):
+        text += (
+            "; plugins are loaded when the router starts: if you installed the plugin"
+            " since, restart the router (a reload does not load plugins)"
+        )
+    return text
 
 
 async def _retire(runtimes: dict[str, ChannelRuntime]) -> None:

@@ -9,7 +9,7 @@ doubles a job. It also flushes digest groups whose wait is over.
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,16 @@ import orjson
 from router.channels import DeliveryOutcome
 from router.matching import MISSING, MatchContext, lookup
 from router.metrics import Metrics
+from router.outbox import (
+    NOT_RENDERED,
+    UNRENDERABLE,
+    Outcomes,
+    PluginRaised,
+    delivery_key,
+    digest_key,
+    encode_message,
+    renders_message,
+)
 from router.pacing import IngestPressure
 from router.plugins import Plugins
 from router.rules import Rule, RuleSet, load_rules
@@ -33,17 +43,6 @@ BATCH = 64  # small enough not to hold up ingest requests for long
 LEASE_SECONDS = 60.0
 DIGEST_BATCH = 32
 DIGEST_POLL = 1.0  # digests wait minutes: looking for due groups once a second is plenty
-NOT_RENDERED = b'{"template":null}'  # the message of a channel that sends the raw event
-
-
-def is_raw_event(message: Mapping[str, Any]) -> bool:
-    """Whether a stored message is ``NOT_RENDERED``: its channel sends the raw event."""
-    return "template" in message and message["template"] is None
-
-
-def delivery_key(event_id: str, rule: str, channel: str) -> str:
-    """The idempotency key of a delivery: stable across retries, replays and restarts."""
-    return f"{event_id}:{rule}:{channel}"
 
 
 @dataclass
@@ -97,6 +96,7 @@ class Router:
             channel="",
             previous=None if previous is None else previous.get("body"),
             default_time_zone=self.rules.defaults.time_zone,
+            display_time_zone=self.rules.defaults.display_time_zone,
         )
         deliveries: list[NewDelivery] = []
         digests: list[DigestEntry] = []
@@ -115,9 +115,9 @@ class Router:
                 continue
             throttle = self._throttle(rule, variables, now)
             for channel in rule.notify:
-                if rule.name in failed:
-                    key = delivery_key(event.id, rule.name, channel)
-                    job = NewDelivery(key, rule.name, channel, b"{}", failed[rule.name], throttle)
+                if rule.name in failed:  # its if: went over a limit: born dead
+                    key, error = delivery_key(event.id, rule.name, channel), failed[rule.name]
+                    job = NewDelivery(key, rule.name, channel, UNRENDERABLE, error, throttle)
                 else:
                     job = self._job(event, rule, channel, variables, throttle)
                 deliveries.append(job)
@@ -164,28 +164,27 @@ class Router:
         key = delivery_key(event.id, rule.name, channel)
         try:
             definition = self.rules.channels[channel]
-            if not definition.type.cls.renders_message(definition.config):
+            if not renders_message(definition):
                 return NewDelivery(key, rule.name, channel, NOT_RENDERED, throttle=throttle)
             name = self.templates.resolve(rule.template, event.name, definition.type.name)
             message = self._render(name, {**variables, "rule": rule.name, "channel": channel})
             return NewDelivery(key, rule.name, channel, message, throttle=throttle)
         except RenderError as exc:
-            return NewDelivery(key, rule.name, channel, b"{}", str(exc), throttle)
+            return NewDelivery(key, rule.name, channel, UNRENDERABLE, str(exc), throttle)
+        except PluginRaised as exc:
+            log.exception(
+                "channel plugin raised",
+                extra={"plugin": exc.plugin, "channel": channel, "event_id": event.id},
+            )
+            return NewDelivery(key, rule.name, channel, UNRENDERABLE, str(exc), throttle)
         except Exception as exc:
             log.exception("routing failed", extra={"event_id": event.id, "rule": rule.name})
             error = f"routing failed: {type(exc).__name__}: {exc}"
-            return NewDelivery(key, rule.name, channel, b"{}", error, throttle)
+            return NewDelivery(key, rule.name, channel, UNRENDERABLE, error, throttle)
 
     def _render(self, name: str, variables: dict[str, Any]) -> bytes:
-        rendered = self.templates.render(name, variables, self.rules.defaults.limits)
-        return orjson.dumps(
-            {
-                "template": rendered.template,
-                "title": rendered.title,
-                "text": rendered.text,
-                "blocks": rendered.blocks,
-            }
-        )
+        limits = self.rules.defaults.limits
+        return encode_message(self.templates.render(name, variables, limits))
 
     def digest_jobs(self, digest: DueDigest) -> list[NewDelivery]:
         """The deliveries of a due digest group: one message listing all its events."""
@@ -202,25 +201,31 @@ class Router:
             channel="",
             previous=None,
             default_time_zone=self.rules.defaults.time_zone,
+            display_time_zone=self.rules.defaults.display_time_zone,
         )
         variables.update(events=events, count=len(events), group=orjson.loads(digest.group))
         jobs = []
         for channel in rule.notify:
-            key = f"digest-{digest.id}:{rule.name}:{channel}"
+            key = digest_key(digest.id, rule.name, channel)
             try:
                 ctype = self.rules.channels[channel].type.name
                 name = self.templates.resolve_digest(rule.template, ctype)
                 message = self._render(name, {**variables, "channel": channel})
                 jobs.append(NewDelivery(key, rule.name, channel, message))
             except (RenderError, KeyError) as exc:
-                jobs.append(NewDelivery(key, rule.name, channel, b"{}", str(exc)))
+                jobs.append(NewDelivery(key, rule.name, channel, UNRENDERABLE, str(exc)))
         return jobs
 
 
 def build_router(settings: Settings, plugins: Plugins) -> Router:
     """Load templates and rules (raises ``ConfigErrors`` listing every problem)."""
     templates = Templates(settings.templates, plugins.filters)
-    rules = load_rules(settings.rules, plugins.channel_types, templates=templates)
+    rules = load_rules(
+        settings.rules,
+        plugins.channel_types,
+        templates=templates,
+        max_attempts=settings.max_attempts,
+    )
     return Router(rules, templates)
 
 
@@ -239,7 +244,7 @@ class RoutingWorker:
         *,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
-        observe: Callable[[DeliveryOutcome], list[str]] | None = None,
+        outcomes: Outcomes | None = None,
         pressure: IngestPressure | None = None,
     ) -> None:
         self.store = store
@@ -247,7 +252,7 @@ class RoutingWorker:
         self.on_routed = on_routed
         self.clock = clock
         self.metrics = metrics or Metrics()
-        self.observe = observe
+        self.outcomes = outcomes or Outcomes(self.metrics)
         self.pressure = pressure or IngestPressure(share=1.0)
         self._wake = asyncio.Event()
         self._digests_checked = -DIGEST_POLL  # time.monotonic() of the last full look
@@ -348,29 +353,17 @@ class RoutingWorker:
     def _born_dead(
         self, event_id: str, jobs: list[NewDelivery], suppressed: Collection[str] = ()
     ) -> None:
-        """Count and log the deliveries that were created dead (their message failed to
-        render): they never reach the dispatcher, so their outcome is logged here."""
+        """Count the deliveries that were created dead (their message could not be made)
+        and report their outcome: they never reach the dispatcher."""
         for job in jobs:
             if job.error is None:
                 continue
             self.metrics.render_errors.labels(job.rule).inc()
             if job.throttle is not None and job.rule in suppressed:
                 continue  # maybe throttled away: not necessarily a dead letter
-            log.warning(
-                "delivery dead",
-                extra={
-                    "event_id": event_id,
-                    "rule": job.rule,
-                    "channel": job.channel,
-                    "key": job.key,
-                    "attempt": 0,
-                    "error": job.error,
-                    "retry_in": None,
-                },
-            )
-            if self.observe is not None:
-                channel = self.router().rules.channels.get(job.channel)
-                outcome = DeliveryOutcome(
+            channel = self.router().rules.channels.get(job.channel)
+            self.outcomes.report(
+                DeliveryOutcome(
                     key=job.key,
                     event_id=event_id,
                     rule=job.rule,
@@ -380,8 +373,7 @@ class RoutingWorker:
                     status="dead",
                     error=job.error,
                 )
-                for plugin in self.observe(outcome):
-                    self.metrics.plugin_errors.labels(plugin, "delivery_finished").inc()
+            )
 
     async def flush_digests(self) -> int:
         """Send the digest groups that are due; return how many were sent."""

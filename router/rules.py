@@ -14,10 +14,12 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 from jinja2.parser import Parser
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -52,6 +54,7 @@ from router.sandbox import (
 from router.templates import SUFFIX, Templates
 
 __all__ = [
+    "UNKNOWN_CHANNEL_TYPE",
     "ChannelDef",
     "ChannelOptions",
     "Digest",
@@ -63,6 +66,11 @@ __all__ = [
     "load_rules",
     "parse_duration",
 ]
+
+
+#: How an error about a channel type no plugin registers starts (a reload adds that
+#: plugins load at start only).
+UNKNOWN_CHANNEL_TYPE = "unknown channel type"
 
 
 def _rate_or_none(value: Any) -> float | None:
@@ -132,12 +140,28 @@ class Digest(BaseModel):
     max: int = Field(50, ge=1, le=10_000)
 
 
+def _known_zone(name: str | None) -> str | None:
+    """An IANA time zone name the system knows (``America/Chicago``), else an error."""
+    if name is None:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r} (an IANA name such as 'America/New_York')"
+        ) from None
+    return name
+
+
 class Defaults(BaseModel):
     """Settings that apply to every rule that does not say otherwise."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    time_zone: str | None = None
+    time_zone: str | None = Field(None, description="zone of events without metadata.time_zone")
+    display_time_zone: Annotated[str | None, AfterValidator(_known_zone)] = Field(
+        None, description="zone every time is shown in, whatever zone the event names"
+    )
     throttle: Throttle | None = None
     redact_keys: list[str] = Field(
         default_factory=list,
@@ -400,7 +424,7 @@ def _check_channels(
         if ctype is None:
             known = sorted(channel_types)
             hint = _suggest(kind, known) if isinstance(kind, str) else ""
-            message = f"unknown channel type {kind!r}{hint}" if kind else "missing key 'type'"
+            message = f"{UNKNOWN_CHANNEL_TYPE} {kind!r}{hint}" if kind else "missing key 'type'"
             errors.append(
                 source.error(
                     (*loc, "type") if kind else loc,
@@ -447,6 +471,8 @@ def _check_rules(
     env = templates.env if templates is not None else _plain_sandbox()
     for index, entry in enumerate(raw):
         loc = ("rules", index)
+        if not isinstance(entry, dict):
+            continue  # not a mapping: the top level's check reported it
         try:
             spec = RuleSpec.model_validate(entry)
         except ValidationError as exc:
@@ -566,8 +592,11 @@ def load_rules(
     *,
     templates: Templates | None = None,
     environ: Mapping[str, str] | None = None,
+    max_attempts: int | None = None,
 ) -> RuleSet:
-    """Load and fully validate a rules file; raise ``ConfigErrors`` listing every problem."""
+    """Load and fully validate a rules file; raise ``ConfigErrors`` listing every problem
+    (and the warnings found too). ``max_attempts`` is the attempts a channel that does
+    not set its own gets (the service's setting), for the warnings."""
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -580,24 +609,77 @@ def load_rules(
     try:
         parsed = RulesFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigErrors(errors + errors_from_validation(exc, source, RulesFile)) from None
+        # Report the top level's errors, and go on checking the channels and rules
+        # that can be read, so that one run shows every problem.
+        errors += errors_from_validation(exc, source, RulesFile)
+        parsed = _readable_parts(data)
     channels = _check_channels(parsed.channels, source, channel_types, errors, secrets)
     rules = _check_rules(parsed.rules, parsed, source, templates, errors)
     if templates is not None:
         errors.extend(_template_errors(templates, parsed.defaults.limits))
+    warnings = (
+        _event_name_warnings(rules, source)
+        + _unused_channel_warnings(list(channels), rules, source)
+        + _attempts_warnings(channels, source, max_attempts)
+    )
     if errors:
-        raise ConfigErrors(errors)
+        raise ConfigErrors(errors, warnings)
     return RuleSet(
         file=file,
         channels=channels,
         rules=rules,
         defaults=parsed.defaults,
         secrets=secrets,
-        warnings=sorted(
-            _event_name_warnings(rules, source)
-            + _unused_channel_warnings(list(channels), rules, source)
-        ),
+        warnings=sorted(warnings),
     )
+
+
+def _readable_parts(data: dict[str, Any]) -> RulesFile:
+    """The channels and rules of a file whose top level is not valid, as far as each
+    entry has the right shape (the top level's errors are reported already)."""
+    channels = data.get("channels")
+    rules = data.get("rules")
+    defaults = data.get("defaults")
+    try:
+        valid_defaults = Defaults.model_validate(defaults) if defaults else Defaults()
+    except ValidationError:
+        valid_defaults = Defaults()
+    return RulesFile.model_construct(
+        version=1,
+        defaults=valid_defaults,
+        channels={
+            name: entry
+            for name, entry in (channels.items() if isinstance(channels, dict) else ())
+            if isinstance(name, str) and isinstance(entry, dict)
+        },
+        # Kept whole, so that each rule keeps its index (_check_rules skips the rest).
+        rules=rules if isinstance(rules, list) else [],
+    )
+
+
+def _attempts_warnings(
+    channels: Mapping[str, ChannelDef], source: SourceMap, max_attempts: int | None
+) -> list[ConfigError]:
+    """Channels whose deliveries are dead-lettered before their circuit breaker can
+    open: with fewer attempts than its threshold, a receiver that is down kills each
+    delivery instead of holding it until the receiver is back."""
+    warnings = []
+    for name, channel in channels.items():
+        attempts = channel.options.max_attempts or max_attempts
+        threshold = channel.options.circuit_breaker
+        if attempts is None or not threshold or attempts >= threshold:
+            continue
+        where = "max_attempts" if channel.options.max_attempts else "circuit_breaker"
+        said = "" if channel.options.max_attempts else " (the service's ROUTER_MAX_ATTEMPTS)"
+        warnings.append(
+            source.error(
+                ("channels", name, where),
+                f"max_attempts {attempts}{said} is below circuit_breaker {threshold}:"
+                " deliveries are dead-lettered before the circuit breaker can hold them;"
+                f" raise max_attempts to at least {threshold} or lower circuit_breaker",
+            )
+        )
+    return warnings
 
 
 def _unused_channel_warnings(

@@ -6,10 +6,11 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
 from markupsafe import Markup
 
 from router.filters import builtin_filters
@@ -53,12 +54,20 @@ class Rendered:
     blocks: dict[str, str] = field(default_factory=dict)
 
 
-def _template_line(exc: BaseException, name: str) -> int | None:
-    line = None
+def _template_where(exc: BaseException, name: str, directory: Path) -> tuple[str, int | None]:
+    """The template file and line where rendering ``name`` failed: the innermost frame
+    in a template of ``directory`` (a layout, or the event template a layout extends),
+    else ``name`` itself."""
+    where: tuple[str, int | None] = (name, None)
+    root = directory.resolve()
     for frame in traceback.extract_tb(exc.__traceback__):
-        if frame.filename and frame.filename.endswith(name):
-            line = frame.lineno
-    return line
+        filename = frame.filename or ""
+        path = Path(filename).resolve() if filename.endswith(SUFFIX) else None
+        if path is not None and path.is_relative_to(root):
+            where = (str(path.relative_to(root)), frame.lineno)
+        elif filename.endswith(name):
+            where = (name, frame.lineno)
+    return where
 
 
 # Reading a dict is what templates do most; these methods cannot change or escape it.
@@ -161,6 +170,10 @@ class Templates:
         )
         # Keyed by event name, which any client chooses: bounded (see _first).
         self._resolved: dict[tuple[str | None, str, str], str] = {}
+        self._extends: dict[str, bool] = {}
+        self._existing: dict[str, bool] = {}
+        for env in (self.env, self.html_env):
+            env.globals["first_template"] = self.first_template
         self._globals = dict(self.env.globals)
         all_filters = builtin_filters()
         for name, function in filters.items():
@@ -202,7 +215,7 @@ class Templates:
             return self._resolved[key]
         names = candidates(*key)
         for name in names:
-            if _is_file(self.directory / name):
+            if self.is_template(name):
                 if len(self._resolved) < RESOLVED_CACHE:
                     self._resolved[key] = name
                 return name
@@ -234,42 +247,93 @@ class Templates:
             str(path.relative_to(self.directory)) for path in self.directory.rglob(f"*{SUFFIX}")
         )
 
+    def is_template(self, name: str) -> bool:
+        """Whether ``name`` is a template file inside the directory (never a path that
+        leaves it: an event name is untrusted and becomes part of template names)."""
+        parts = PurePosixPath(name).parts
+        return (
+            bool(parts)
+            and ".." not in parts
+            and not name.startswith("/")
+            and "\\" not in name
+            and _is_file(self.directory / name)
+        )
+
+    def first_template(self, *names: Any) -> str:
+        """The first of ``names`` that is a template file in the directory, else the
+        last one; for layouts that pick an event's own template, falling back to a
+        generic one: ``{% extends first_template("events/" ~ event_name ~ ".j2",
+        "events/other.j2") %}``. A name leaving the directory (``..``) never matches."""
+        for name in names:
+            name = str(name)
+            if name not in self._existing:
+                found = self.is_template(name)
+                if len(self._existing) >= 1024:  # event names are untrusted: stay bounded
+                    self._existing.clear()
+                self._existing[name] = found
+            if self._existing[name]:
+                return name
+        return str(names[-1]) if names else ""
+
+    def extends(self, name: str) -> bool:
+        """Whether template ``name`` extends a layout (``{% extends ... %}``): then its
+        blocks include those it inherits, which are known only once its top level ran."""
+        if name not in self._extends:
+            source, _, _ = self.env.loader.get_source(self.env, name)  # type: ignore[union-attr]
+            self._extends[name] = self.env.parse(source).find(nodes.Extends) is not None
+        return self._extends[name]
+
+    def _block_context(
+        self, template: jinja2.Template, name: str, context: dict[str, Any]
+    ) -> jinja2.runtime.Context:
+        """A render context whose ``blocks`` hold every block of the template, inherited
+        ones too. For a template that extends a layout, its top level runs once: that
+        registers the layouts' blocks (the layouts in ``templates/layouts/`` place none
+        at their top level, so nothing is rendered twice)."""
+        # shared=True skips merging the globals ChainMap on every render.
+        ctx = template.new_context({**self._globals, **context}, shared=True)
+        if self.extends(name):
+            for _ in template.root_render_func(ctx):
+                pass
+        return ctx
+
     def render(
         self, name: str, context: dict[str, Any], limits: RenderLimits = DEFAULT_LIMITS
     ) -> Rendered:
-        """Render template ``name`` and each of its blocks within ``limits``.
-        Raises ``RenderError`` (naming the limit when one was passed)."""
+        """Render template ``name`` and each of its blocks, inherited ones included,
+        within ``limits``. Raises ``RenderError`` (naming the limit when one was passed)."""
         with bounded(limits):
             return self._render(name, context)
 
     def _render(self, name: str, context: dict[str, Any]) -> Rendered:
         try:
             template = self.env.get_template(name)
-            whole = "" if "text" in template.blocks else template.render(context).strip()
-            # shared=True skips merging the globals ChainMap on every render.
-            ctx = template.new_context({**self._globals, **context}, shared=True)
+            ctx = self._block_context(template, name, context)
+            names = list(ctx.blocks) if self.extends(name) else list(template.blocks)
+            whole = "" if "text" in names else template.render(context).strip()
             blocks = {}
             done = _RENDERED_BLOCKS[ctx] = {}
-            for block, render in template.blocks.items():
+            for block in names:
                 if block == "html":
                     continue  # below, with autoescaping
                 try:
-                    done[block] = "".join(render(ctx))
+                    done[block] = "".join(ctx.blocks[block][0](ctx))
                 except Exception:
                     self.env.handle_exception()  # re-raises with template line numbers
                 blocks[block] = done[block].strip()
-            if "html" in template.blocks:
+            if "html" in names:
                 html = self.html_env.get_template(name)
-                html_ctx = html.new_context({**self._globals, **context}, shared=True)
+                html_ctx = self._block_context(html, name, context)
                 try:
-                    blocks["html"] = "".join(html.blocks["html"](html_ctx)).strip()
+                    blocks["html"] = "".join(html_ctx.blocks["html"][0](html_ctx)).strip()
                 except Exception:
                     self.html_env.handle_exception()
         except jinja2.TemplateSyntaxError as exc:
-            raise RenderError(f"template {name} line {exc.lineno}: {exc.message}") from None
+            where = exc.name or name
+            raise RenderError(f"template {where} line {exc.lineno}: {exc.message}") from None
         except Exception as exc:
-            line = _template_line(exc, name)
-            where = f"template {name} line {line}" if line else f"template {name}"
+            failed, line = _template_where(exc, name, self.directory)
+            where = f"template {failed} line {line}" if line else f"template {failed}"
             raise RenderError(f"{where}: {type(exc).__name__}: {exc}") from None
         return Rendered(
             template=name,
@@ -287,9 +351,12 @@ def template_context(
     channel: str,
     previous: dict[str, Any] | None = None,
     default_time_zone: str | None = None,
+    display_time_zone: str | None = None,
 ) -> dict[str, Any]:
     """The variables a template sees. ``previous`` is the entity's body as the router
-    last knew it (None when unknown); digests add ``events``, ``count`` and ``group``."""
+    last knew it (None when unknown); digests add ``events``, ``count`` and ``group``.
+    ``time_zone`` (where ``localtime`` shows times) is ``display_time_zone`` when the
+    rules set one, else the event's ``metadata.time_zone``, else ``default_time_zone``."""
     metadata = event.get("metadata") or {}
     return {
         "event": event,
@@ -301,5 +368,5 @@ def template_context(
         "rule": rule,
         "channel": channel,
         "now": datetime.now().astimezone(),
-        "time_zone": metadata.get("time_zone") or default_time_zone or "UTC",
+        "time_zone": display_time_zone or metadata.get("time_zone") or default_time_zone or "UTC",
     }

@@ -41,6 +41,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from router.channels import DeliveryOutcome
+from router.config_source import ConfigErrors
 from router.hookspecs import hookimpl
 from router.http.app import create_app
 from router.http.keys import DISPATCHER, PLUGINS
@@ -51,6 +52,7 @@ from router.templates import builtin_templates
 __all__ = [
     "BUILTIN_TEMPLATES",
     "TEST_SETTINGS",
+    "ConfigErrors",
     "Delivery",
     "PluginLoadError",
     "RouterHarness",
@@ -331,7 +333,7 @@ async def run_router(
     :param settings: any ``Settings`` field (``max_attempts=2``, ``plugins_dir=...``);
         the defaults shorten retry backoff. ``ROUTER_*`` environment variables are ignored.
 
-    Raises ``router.config_source.ConfigErrors`` when the rules file is invalid, as
+    Raises ``ConfigErrors`` (importable from here) when the rules file is invalid, as
     ``router validate`` would report it.
     """
     with contextlib.ExitStack() as stack:

@@ -88,6 +88,16 @@ async def test_deliveries_and_filters(service: ServiceFactory, receiver: Webhook
     assert record["key"] == f"{record['event_id']}:updated:other"
 
 
+async def test_an_empty_dead_letter_queue_says_so(service: ServiceFactory) -> None:
+    client = await service(rules("http://127.0.0.1:9/x"), admin_token=TOKEN)
+    body = await (await client.get("/-/dlq", headers=ADMIN)).json()
+    assert body == {
+        "total": 0,
+        "dead_letters": [],
+        "message": "no dead letters: the dead-letter queue is empty",
+    }
+
+
 async def test_dlq_list_and_show(service: ServiceFactory, receiver: WebhookReceiver) -> None:
     client, dead = await three_dead_letters(service, receiver)
     body = await (await client.get("/-/dlq", headers=ADMIN)).json()
@@ -98,6 +108,13 @@ async def test_dlq_list_and_show(service: ServiceFactory, receiver: WebhookRecei
     assert "ClientConnectorError" in dead[("updated", "other")]["last_error"]
     body = await (await client.get("/-/dlq?channel=hook&limit=1", headers=ADMIN)).json()
     assert [d["channel"] for d in body["dead_letters"]] == ["hook"]
+    assert "message" not in body
+    body = await (await client.get("/-/dlq?rule=nope", headers=ADMIN)).json()
+    assert body == {
+        "total": 3,
+        "dead_letters": [],
+        "message": "no dead letters match; the queue holds 3",
+    }
 
     resp = await client.get(f"/-/dlq/{hook['id']}", headers=ADMIN)
     assert resp.status == 200
@@ -158,7 +175,11 @@ async def test_replay_and_purge_selectors(
     resp = await client.post("/-/dlq/purge", json={"since": "1h", "all": True}, headers=ADMIN)
     assert await resp.json() == {"purged": 2}
     body = await (await client.get("/-/dlq", headers=ADMIN)).json()
-    assert body == {"total": 0, "dead_letters": []}
+    assert body == {
+        "total": 0,
+        "dead_letters": [],
+        "message": "no dead letters: the dead-letter queue is empty",
+    }
     assert set(dead) == {("sections", "hook"), ("updated", "hook"), ("updated", "other")}
 
 

@@ -57,6 +57,7 @@ def test_validate_reports_every_error_with_file_line_and_key(tmp_path: Path) -> 
         f"{rules}:11:15: rules[1].template: template 'no_such_template' not found for channel"
         f" 'hook' (looked for no_such_template.webhook.j2, no_such_template.j2 in"
         f" {tmp_path / 'templates'})",
+        "5 error(s)",
     ]
 
 
@@ -91,6 +92,7 @@ def test_validate_checks_templates_the_rules_name(tmp_path: Path) -> None:
         " (did you mean 'course_created'?)",
         f"{templates}/broken.webhook.j2:2:1: Expected an expression, got 'end of statement block'",
         f"{templates}/course_created.j2:1:1: No filter named 'no_such_filter'.",
+        "5 error(s)",
     ]
 
 
@@ -130,6 +132,91 @@ def test_validate_warns_of_an_event_name_one_slip_from_a_canvas_event(tmp_path: 
     )
     assert dry.exit_code == 0
     assert dry.stderr == result.stderr
+
+
+def test_validate_shows_every_error_and_warning_in_one_run(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            surprise: 1
+            channels:
+              hook: {type: webhook, timeout: -1}
+            rules:
+              - name: done
+                events: [course_complted]
+                notify: [hook]
+                if: "body.x = 1"
+              - {name: other, events: [course_created], notify: [hook], template: nosuch}
+            """
+        )
+    )
+    (tmp_path / "templates").mkdir()
+    args = ["validate", str(rules), "--templates", str(tmp_path / "templates")]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 1
+    # A top-level error and a broken channel hide neither the rules' checks (each
+    # rule uses the broken channel) nor the warnings.
+    # One report on one stream: the errors, the warnings, then the count on a line of
+    # its own (it used to go to stderr, and ran into the last error where the two
+    # streams were shown one after the other).
+    assert result.stdout.splitlines() == [
+        f"{rules}:2:1: surprise: unknown key 'surprise'",
+        f"{rules}:4:34: channels.hook.timeout: Input should be greater than 0",
+        f"{rules}:9:9: rules[0].if: invalid expression: chunk after expression",
+        f"{rules}:10:71: rules[1].template: template 'nosuch' not found for channel 'hook'"
+        f" (looked for nosuch.webhook.j2, nosuch.j2 in {tmp_path / 'templates'})",
+        f"warning: {rules}:7:14: rules[0].events[0]: 'course_complted' is not a Canvas"
+        " event (did you mean 'course_completed'?); the rule fires only for events named"
+        " exactly so",
+        "4 error(s), 1 warning(s)",
+    ]
+    assert result.stderr == ""
+    # The real command, its output captured apart from its errors: the same report.
+    captured = subprocess.run(
+        [sys.executable, "-m", "router.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (captured.returncode, captured.stderr) == (1, "")
+    assert captured.stdout.splitlines() == result.stdout.splitlines()
+
+
+def test_validate_warns_when_deliveries_would_die_before_the_breaker_holds_them(
+    tmp_path: Path,
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            channels:
+              few: {type: webhook, max_attempts: 3}
+              tight: {type: webhook, max_attempts: 3, circuit_breaker: 3}
+              never: {type: webhook, max_attempts: 1, circuit_breaker: 0}
+              late: {type: webhook, circuit_breaker: 12}
+            rules:
+              - {name: a, events: [course_created], notify: [few, tight, never, late]}
+            """
+        )
+    )
+    result = CliRunner().invoke(
+        cli, ["validate", str(rules)], env={"ROUTER_MAX_ATTEMPTS": "10"}, catch_exceptions=False
+    )
+    assert result.exit_code == 0  # a warning
+    assert result.stderr.splitlines() == [
+        f"warning: {rules}:3:38: channels.few.max_attempts: max_attempts 3 is below"
+        " circuit_breaker 5: deliveries are dead-lettered before the circuit breaker can hold"
+        " them; raise max_attempts to at least 5 or lower circuit_breaker",
+        f"warning: {rules}:6:42: channels.late.circuit_breaker: max_attempts 10 (the"
+        " service's ROUTER_MAX_ATTEMPTS) is below circuit_breaker 12: deliveries are"
+        " dead-lettered before the circuit breaker can hold them; raise max_attempts to at"
+        " least 12 or lower circuit_breaker",
+    ]
+    strict = CliRunner().invoke(cli, ["validate", "--strict", str(rules)])
+    assert strict.exit_code == 1
 
 
 def test_the_example_rules_file_has_no_warnings() -> None:
@@ -368,7 +455,9 @@ def test_validate_names_a_missing_templates_directory(tmp_path: Path) -> None:
     assert code == 1
     assert out.splitlines() == [
         f"{tmp_path / 'nope'}:1:1: templates directory not found"
-        " (set --templates or ROUTER_TEMPLATES)"
+        " (set --templates or ROUTER_TEMPLATES)",
+        f"warning: {rules}:2:12: channels.hook: channel 'hook' is not notified by any rule",
+        "1 error(s), 1 warning(s)",
     ]
 
 
@@ -406,4 +495,6 @@ def test_the_wheel_ships_the_templates(tmp_path: Path) -> None:
             for name in archive.namelist()
             if name.startswith("router/builtin_templates/")
         }
-    assert shipped == {path.name for path in (ROOT / "templates").glob("*.j2")}
+    templates = ROOT / "templates"
+    assert shipped == {str(path.relative_to(templates)) for path in templates.rglob("*.j2")}
+    assert "events/grade_change.j2" in shipped and "layouts/event.j2" in shipped

@@ -1,6 +1,10 @@
 """The shipped templates: every example event renders for every channel type, copes with
 missing or odd fields, produces valid Slack Block Kit JSON and escaped email HTML; the
-digest templates render a list of events."""
+digest templates render a list of events.
+
+Examples are keyed by file stem (``asset_accessed.2`` is another asset_accessed); the
+course and syllabus events have templates of their own per channel type, the other
+event types one template in events/ that the default layouts extend."""
 
 import copy
 import inspect
@@ -15,6 +19,12 @@ from tests.conftest import ROOT, all_examples, example
 
 TEMPLATES = ROOT / "templates"
 EXAMPLES = all_examples()
+# One example per event type, for the slower tests of odd input.
+ONE_PER_TYPE = {
+    stem: event
+    for stem, event in sorted(EXAMPLES.items())
+    if "." not in stem or stem.startswith("outcomes.")
+}
 CHANNEL_TYPES = ["webhook", "slack", "email"]
 DIGESTS = ["digest.j2", "digest.slack.j2", "digest.email.j2"]
 SCRIPT = '<script>alert("x")</script>'
@@ -41,6 +51,11 @@ def context(event: dict[str, Any], previous: dict[str, Any] | None = None) -> di
     if "previous" in inspect.signature(template_context).parameters:
         return template_context(event, previous=previous, **kwargs)
     return {**template_context(event, **kwargs), "previous": previous}
+
+
+def has_own_templates(event_name: str) -> bool:
+    """The event types with a template per channel type (``<event>.<type>.j2``)."""
+    return (TEMPLATES / f"{event_name}.j2").is_file()
 
 
 def render(
@@ -73,9 +88,16 @@ def check(rendered: Rendered, channel_type: str) -> None:
 def test_every_example_event_renders_for_every_channel_type(
     templates: Templates, name: str, channel_type: str
 ) -> None:
-    resolved = templates.resolve(None, name, channel_type)
-    own = f"{name}.j2" if channel_type == "webhook" else f"{name}.{channel_type}.j2"
-    assert resolved == own  # each event has its own template for each channel type
+    event_name = EXAMPLES[name]["metadata"]["event_name"]
+    resolved = templates.resolve(None, event_name, channel_type)
+    if has_own_templates(event_name):
+        own = f"{event_name}.j2" if channel_type == "webhook" else f"{event_name}.{channel_type}.j2"
+        assert resolved == own  # course and syllabus events: one template per channel type
+    else:  # the others: the channel's layout over events/<event>.j2
+        assert resolved == (
+            "default.j2" if channel_type == "webhook" else f"default.{channel_type}.j2"
+        )
+        assert (TEMPLATES / "events" / f"{event_name}.j2").is_file()
     rendered = render(templates, EXAMPLES[name], channel_type, previous=None)
     check(rendered, channel_type)
     assert "None" not in rendered.title
@@ -83,9 +105,29 @@ def test_every_example_event_renders_for_every_channel_type(
         assert "json" not in rendered.blocks  # the webhook keeps its standard body
 
 
+@pytest.mark.parametrize("channel_type", ["webhook", "email"])  # Slack builds its own blocks
+def test_an_event_without_a_template_of_its_own_renders_as_the_others_do(
+    templates: Templates, channel_type: str
+) -> None:
+    event = copy.deepcopy(EXAMPLES["course_created"])
+    event["metadata"]["event_name"] = f"grade_change{SCRIPT}"
+    name = templates.resolve(None, event["metadata"]["event_name"], channel_type)
+    assert name.startswith("default.")
+    rendered = render(templates, event, channel_type)
+    check(rendered, channel_type)  # email: multipart, text and HTML, as the others
+    assert rendered.text.startswith(f"Canvas event grade_change{SCRIPT} ")
+    assert " at 2019-" in rendered.text  # events/other.j2: the event's time, localised
+    if channel_type == "email":
+        assert "<script" not in rendered.blocks["html"]
+        assert "grade_change&lt;script&gt;" in rendered.blocks["html"]
+
+
 def names_in(event: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
-    """The (dict, key) places of the names a template shows."""
+    """The (dict, key) places of the names a template shows: for the course events
+    their names, for the others every text field of the body."""
     body = event["body"]
+    if not has_own_templates(event["metadata"]["event_name"]):
+        return [(body, key) for key, value in body.items() if isinstance(value, str)]
     places = [(body, "name")] if "name" in body else []
     places += [(body[k], "name") for k in ("course", "user") if isinstance(body.get(k), dict)]
     return places
@@ -138,12 +180,16 @@ def odd_bodies(event: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("channel_type", CHANNEL_TYPES)
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+@pytest.mark.parametrize("name", sorted(ONE_PER_TYPE))
 def test_missing_and_odd_fields_still_render(
     templates: Templates, name: str, channel_type: str
 ) -> None:
+    event_name = EXAMPLES[name]["metadata"]["event_name"]
     for body in odd_bodies(EXAMPLES[name]):
-        for metadata in ({"event_name": name}, {**EXAMPLES[name]["metadata"], "time_zone": "X"}):
+        for metadata in (
+            {"event_name": event_name},
+            {**EXAMPLES[name]["metadata"], "time_zone": "X"},
+        ):
             event = {"metadata": metadata, "body": body}
             check(render(templates, event, channel_type), channel_type)
             check(render(templates, event, channel_type, previous=body), channel_type)
@@ -299,5 +345,8 @@ def test_digest_templates_cope_with_odd_events(
 
 
 def test_every_template_compiles(templates: Templates) -> None:
-    for path in sorted(TEMPLATES.glob("*.j2")):
-        assert templates.check(path.name) is None, path.name
+    paths = sorted(TEMPLATES.rglob("*.j2"))
+    assert len(paths) > 100  # the layouts and events/ too
+    for path in paths:
+        name = str(path.relative_to(TEMPLATES))
+        assert templates.check(name) is None, name

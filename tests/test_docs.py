@@ -1,11 +1,13 @@
 """docs/plugins.md is kept honest: every hook documented with its exact signature, and
 the guide's example plugin, validation output and plugin test really work."""
 
+import ast
 import inspect
 import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -206,20 +208,58 @@ def test_guide_validate_output_is_real(
     assert errors == [line for line in shown.splitlines() if line.startswith("rules.yaml:")]
 
 
+def test_guide_pyproject_builds_and_installs_the_testing_extra() -> None:
+    project = tomllib.loads(block_starting("[build-system]"))
+    assert project["build-system"]["build-backend"] == "hatchling.build"
+    assert project["project"]["entry-points"]["router"] == {"teams": "router_teams"}
+    assert project["project"]["optional-dependencies"]["test"] == ["router[testing]"]
+    ours = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    testing = {re.split(r"[<>=\[]", req)[0] for req in ours["optional-dependencies"]["testing"]}
+    assert {"pytest", "pytest-asyncio", "pytest-aiohttp"} <= testing
+
+
+def python_imports(code: str) -> set[str]:
+    """The modules a piece of Python code imports from (``import x`` / ``from x ...``)."""
+    found = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_guide_imports_the_router_only_from_its_public_modules() -> None:
+    """Plugins import from ``router`` (tests also from ``router.testing``), never from
+    the modules behind them; the same holds for the built-in and example plugins."""
+    public = {"router", "router.testing"}
+    blocks = [code for lang, code in code_blocks(guide()) if lang == "python"]
+    imported = set().union(*(python_imports(textwrap.dedent(code)) for code in blocks))
+    assert "router" in imported
+    assert {m for m in imported if m.split(".")[0] == "router"} <= public
+    plugins = [*(ROOT / "plugins").glob("*/*.py"), *(ROOT / "examples").glob("*/src/*/*.py")]
+    assert plugins
+    for path in plugins:
+        inside = {m for m in python_imports(path.read_text()) if m.split(".")[0] == "router"}
+        assert inside <= {"router"}, path
+
+
+def test_delivery_finished_docs_agree_with_the_hookspec() -> None:
+    """Both say that attempts count from 1 and that attempt 0 is a delivery born dead."""
+    spec = inspect.getdoc(hook_specs()["delivery_finished"]) or ""
+    assert "attempt 0 (status ``dead``) is a delivery born dead" in " ".join(spec.split())
+    docs = " ".join(section(guide(), "## Hook reference").split())
+    assert "`attempt` (1 for the first try; 0 for a delivery born dead" in docs
+    assert "`delivery_finished` sees it once, with `attempt` 0, `status` `dead`" in docs
+
+
 def test_guide_plugin_test_passes(plugins_dir: Path, tmp_path: Path) -> None:
     """The guide's example test file, run by pytest against the guide's plugin."""
     project = tmp_path / "project"
     (project / "tests").mkdir(parents=True)
     (project / "tests" / "test_teams.py").write_text(block_starting(TEST_MARKER))
-    (project / "pytest.ini").write_text(
-        textwrap.dedent(
-            """\
-            [pytest]
-            asyncio_mode = auto
-            asyncio_default_fixture_loop_scope = function
-            """
-        )
-    )
+    # The guide's pyproject.toml, as copied: its pytest settings run the test.
+    (project / "pyproject.toml").write_text(block_starting("[build-system]"))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
         cwd=project,

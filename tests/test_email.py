@@ -5,6 +5,7 @@ import datetime
 import email
 import email.policy
 import ipaddress
+import shutil
 import socket
 import ssl
 import textwrap
@@ -25,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 from router_email import EmailConfig
 
-from tests.conftest import ServiceFactory, StoreDB, example
+from tests.conftest import ROOT, ServiceFactory, StoreDB, example
 from tests.test_delivery import deliveries, first_state, until
 
 # aiosmtpd warns when AUTH is allowed without TLS: on 127.0.0.1 that is what we test.
@@ -253,6 +254,28 @@ async def test_auth_and_templated_subject(
     # No html block in the default templates: a text-only mail.
     assert got.message.get_content_type() == "text/plain"
     assert got.message.get_content().strip() == "Isaac Newton completed Computer Science I."
+
+
+async def test_an_event_without_its_own_template_is_a_text_and_html_mail(
+    service: ServiceFactory, smtp: SmtpFactory, tmp_path: Path
+) -> None:
+    mailbox, controller = smtp()
+    for name in ("default.j2", "default.email.j2"):  # the shipped fallbacks
+        (tmp_path / "templates" / name).write_text((ROOT / "templates" / name).read_text())
+    for folder in ("events", "layouts"):  # what the fallbacks extend and import
+        shutil.copytree(ROOT / "templates" / folder, tmp_path / "templates" / folder)
+    client = await service(email_rules(controller.port, to="registrar@example.edu"))
+    event = example("course_created")
+    event["metadata"]["event_name"] = "widget_spun"  # no template of its own anywhere
+    await client.post("/events", json=event)
+    await until(lambda: len(mailbox.received) == 1)
+    [got] = mailbox.received
+    assert got.message["Subject"] == "Canvas event: widget spun"
+    assert got.message.get_content_type() == "multipart/alternative"
+    text, html = got.message.get_body(("plain",)), got.message.get_body(("html",))
+    assert text is not None and html is not None
+    assert text.get_content().startswith("Canvas event widget_spun ")
+    assert "<h2" in html.get_content() and "widget spun" in html.get_content()
 
 
 async def test_wrong_password_is_a_dead_letter_with_535(

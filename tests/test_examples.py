@@ -14,7 +14,7 @@ def test_every_example_event_through_the_shipped_rules_and_templates() -> None:
     router = build_router(settings, load_plugins())
     files = sorted(Path(EXAMPLES).glob("*.json"))
     reports = dry_run(router, files)
-    assert len(reports) == 7
+    assert len(reports) == len(files) > 80  # every example Canvas documents
     for report in reports:
         assert "audit-everything" in report.fired, report.event_name
         for message in report.messages:

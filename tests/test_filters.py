@@ -126,6 +126,75 @@ def test_canvas_url_odd_values_give_empty(render: Any, source: str) -> None:
     assert render(source) == ""
 
 
+COURSE = "21070000000000565"  # a global id: links use the local one
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("{{ '355' | canvas_url('assignment', course=c) }}", "/courses/565/assignments/355"),
+        ("{{ '355' | canvas_url('assignments', course=c) }}", "/courses/565/assignments/355"),
+        (
+            "{{ '21070000000000048' | canvas_url('submission', course=c, assignment=355) }}",
+            "/courses/565/assignments/355/submissions/48",
+        ),
+        (
+            "{{ '66871' | canvas_url('discussion_topic', course=c) }}",
+            "/courses/565/discussion_topics/66871",
+        ),
+        (
+            "{{ '66871' | canvas_url('announcement', course=c) }}",
+            "/courses/565/discussion_topics/66871",
+        ),
+        (
+            "{{ '7' | canvas_url('discussion_topic', group='144') }}",
+            "/groups/144/discussion_topics/7",
+        ),
+        ("{{ '2030605' | canvas_url('quiz', course=c) }}", "/courses/565/quizzes/2030605"),
+        (
+            "{{ '21070000000000009' | canvas_url('page', course=c) }}",
+            "/courses/565/pages/page_id:9",
+        ),
+        ("{{ '9' | canvas_url('wiki_page', group='144') }}", "/groups/144/pages/page_id:9"),
+        ("{{ '606' | canvas_url('file', course=c) }}", "/courses/565/files/606"),
+        ("{{ '606' | canvas_url('attachment', group=144) }}", "/groups/144/files/606"),
+        ("{{ '606' | canvas_url('file') }}", "/files/606"),
+        ("{{ '14' | canvas_url('module', course=c) }}", "/courses/565/modules#module_14"),
+        ("{{ '19587' | canvas_url('module_item', course=c) }}", "/courses/565/modules/items/19587"),
+        ("{{ '12345' | canvas_url('outcome', course=c) }}", "/courses/565/outcomes/12345"),
+        ("{{ '47' | canvas_url('user', group='51') }}", "/groups/51/users/47"),
+        ("{{ '51' | canvas_url('group') }}", "/groups/51"),
+        ("{{ '53' | canvas_url('conversation') }}", "/conversations/53"),
+        (
+            "{{ '/courses/565/modules#module_14' | canvas_url('path') }}",
+            "/courses/565/modules#module_14",
+        ),
+    ],
+)
+def test_canvas_url_objects_in_a_course(render: Any, source: str, expected: str) -> None:
+    """The URL shapes of canvas-lms config/routes.rb; a page by id is "page_id:<id>"."""
+    assert render(source, c=COURSE) == f"https://{HOST}{expected}"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        # Objects that live in a course have no URL without it.
+        "{{ '355' | canvas_url('assignment') }}",
+        "{{ '2030605' | canvas_url('quiz') }}",
+        "{{ '9' | canvas_url('page') }}",
+        "{{ '14' | canvas_url('module', group='144') }}",
+        # A submission needs its assignment too (Canvas shows one per assignment and student).
+        "{{ '48' | canvas_url('submission', course='565') }}",
+        "{{ '48' | canvas_url('submission', assignment='355') }}",
+        "{{ '355' | canvas_url('assignment', course={'id': 1}) }}",
+        "{{ None | canvas_url('assignment', course='565') }}",
+    ],
+)
+def test_canvas_url_without_the_context_an_object_needs_is_empty(render: Any, source: str) -> None:
+    assert render(source) == ""
+
+
 def test_canvas_url_host_sources(render: Any) -> None:
     # No hostname at all (course_progress, course_updated events): no link, no error.
     assert render("{{ '565' | canvas_url }}", metadata={}) == ""

@@ -195,6 +195,25 @@ async def test_hook_delivery_finished() -> None:
     assert by_status[("quiet", "logged")].error is None
 
 
+async def test_hook_delivery_finished_sees_a_delivery_born_dead_as_attempt_0() -> None:
+    observer = Observer()
+    rules = """
+        version: 1
+        channels:
+          quiet: {type: webhook, url: ""}
+        rules:
+          - {name: all, events: ["*"], notify: [quiet]}
+    """
+    templates = {"default.j2": "{{ body.no_such_field.deeper }}"}
+    async with run_router(rules, plugins=[observer], templates=templates) as router:
+        await router.send(event("course_created", {"name": "Physics"}))
+        [delivery] = await router.wait_until_settled()
+    assert (delivery.state, delivery.attempts) == ("dead", 0)
+    [outcome] = observer.outcomes
+    assert (outcome.attempt, outcome.status, outcome.error) == (0, "dead", delivery.last_error)
+    assert outcome.error is not None and outcome.error.startswith("template default.j2 line 1")
+
+
 # -- the third-party example plugin, found through its entry point ------------------
 
 NOT_INSTALLED = (

@@ -42,7 +42,7 @@ async def test_array_and_ndjson_batches(service: ServiceFactory, store_db: Store
     resp = await client.post("/events", json=events)
     assert resp.status == 202
     ids = [a["id"] for a in (await resp.json())["accepted"]]
-    assert len(set(ids)) == len(events) == 7
+    assert len(set(ids)) == len(events) > 80
 
     ndjson = b"\n".join(
         orjson.dumps({**e, "body": {**e["body"], "n": i}}) for i, e in enumerate(events)
@@ -51,8 +51,8 @@ async def test_array_and_ndjson_batches(service: ServiceFactory, store_db: Store
         "/events", data=ndjson + b"\n\n", headers={"Content-Type": "application/x-ndjson"}
     )
     assert resp.status == 202
-    assert len((await resp.json())["accepted"]) == 7
-    assert len(stored_events(store_db)) == 14
+    assert len((await resp.json())["accepted"]) == len(events)
+    assert len(stored_events(store_db)) == 2 * len(events)
 
 
 async def test_unknown_events_and_fields_pass_through(service: ServiceFactory) -> None:
@@ -331,6 +331,32 @@ async def test_jwt_without_jwks_configured_is_401(service: ServiceFactory, rsa_k
     resp = await client.post("/events", data=token, headers={"Content-Type": "application/jwt"})
     assert resp.status == 401
     assert "ROUTER_JWKS_URL" in (await resp.json())["error"]
+
+
+async def test_json_sent_as_plain_text_is_json_and_a_plain_text_jwt_stays_a_jwt(
+    service: ServiceFactory, jwks_url: str, rsa_key: rsa.RSAPrivateKey, store_db: StoreDB
+) -> None:
+    client = await service(LOG_ONLY, jwks_url=jwks_url)
+    plain = {"Content-Type": "text/plain; charset=utf-8"}
+    event = example("course_created")
+    resp = await client.post("/events", data=orjson.dumps(event), headers=plain)
+    assert resp.status == 202, await resp.text()
+    batch = b"  \n" + orjson.dumps([example("course_updated"), example("course_completed")])
+    resp = await client.post("/events", data=batch, headers=plain)
+    assert resp.status == 202, await resp.text()
+    token = jwt.encode(
+        example("syllabus_updated"), rsa_key, algorithm="RS256", headers={"kid": "canvas-1"}
+    )
+    resp = await client.post("/events", data=token, headers=plain)
+    assert resp.status == 202, await resp.text()
+    names = [name for _, name, _ in stored_events(store_db)]
+    assert names == ["course_created", "course_updated", "course_completed", "syllabus_updated"]
+    # Neither JSON nor a token: the token check answers, as for any bad token.
+    resp = await client.post("/events", data=b"hello", headers=plain)
+    assert resp.status == 401
+    # Broken JSON sent as plain text gets the JSON parser's answer.
+    resp = await client.post("/events", data=b'{"metadata": ', headers=plain)
+    assert resp.status == 400
 
 
 async def test_health_and_readiness(service: ServiceFactory) -> None:

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from router.cli import cli
-from router.routing import NOT_RENDERED
+from router.outbox import NOT_RENDERED
 from router.store import NewDelivery, RoutedEvent
 from router.store.sqlite import SqliteStore
 from tests.conftest import ServiceFactory, example, webhook_rules
@@ -110,6 +110,8 @@ def test_dlq_list_and_show(db: str) -> None:
     code, out = run("dlq", "list", "--db", db, "--json", "--channel", "hook")
     [record] = orjson.loads(out)
     assert (record["id"], record["last_error"], record["state"]) == (2, "HTTP 410 Gone", "dead")
+    code, out = run("dlq", "list", "--db", db, "--rule", "nope")
+    assert (code, out.strip()) == (0, "no dead letters match; the queue holds 2")
 
     code, out = run("dlq", "show", "2", "--db", db)
     assert code == 0, out
@@ -160,7 +162,9 @@ def test_dlq_replay_and_purge(db: str, tmp_path: Path) -> None:
     code, out = run("dlq", "purge", "--all", "--db", db)
     assert (code, out.strip()) == (0, "purged 1 dead letter(s)")
     code, out = run("dlq", "list", "--db", db)
-    assert out.strip() == "no deliveries match"
+    assert (code, out.strip()) == (0, "no dead letters: the dead-letter queue is empty")
+    code, out = run("dlq", "list", "--db", db, "--json")
+    assert orjson.loads(out) == []
     code, out = run("deliveries", "--db", db, "--json")
     assert sorted(r["state"] for r in orjson.loads(out)) == ["delivered", "pending"]
 

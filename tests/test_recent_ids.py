@@ -37,3 +37,18 @@ def test_rollback_forgets_only_what_the_transaction_added() -> None:
     recent.begin()  # committed: the next transaction cannot undo it
     recent.rollback()
     assert recent.seen_since("z", 62)
+
+
+def test_retention_forgets_pruned_ids_and_a_rollback_brings_them_back() -> None:
+    recent = RecentIds([("old", 1.0), ("again", 50.0)], window=100, now=50)
+    recent.begin()
+    recent.forget("old", before=10)
+    recent.forget("again", before=10)  # accepted as new since the cutoff: kept
+    assert not recent.seen_since("old", 0) and recent.seen_since("again", 50)
+    recent.rollback()  # the deletion did not happen after all
+    assert recent.seen_since("old", 1)
+    recent.begin()
+    recent.forget("old", before=10)
+    recent.begin()  # committed: the next transaction cannot undo it
+    recent.rollback()
+    assert not recent.seen_since("old", 0)

@@ -60,6 +60,22 @@ async def test_bad_file_keeps_old_rules_and_shows_errors(
     assert got.body["rule"] == "updates"  # the old rules kept running
 
 
+async def test_a_reload_naming_an_unknown_channel_type_says_plugins_need_a_restart(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    client = await service(two_rules(receiver.url), admin_token="admin-s3cret", reload_poll=0)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules.read_text().replace("type: webhook", "type: mattermost-ng"))
+    resp = await client.post("/-/reload", headers=ADMIN)
+    assert resp.status == 422
+    [error] = (await resp.json())["errors"]
+    assert "channels.hook.type: unknown channel type 'mattermost-ng'" in error
+    assert error.endswith(
+        "; plugins are loaded when the router starts: if you installed the plugin since,"
+        " restart the router (a reload does not load plugins)"
+    )
+
+
 async def test_a_likely_typo_in_an_event_name_is_a_warning_not_an_error(
     service: ServiceFactory,
     receiver: WebhookReceiver,

@@ -8,9 +8,8 @@ from typing import ClassVar
 
 import pytest
 
-from router.channels import Channel, ChannelConfig, Message
+from router import Channel, ChannelConfig, Message, hookimpl
 from router.dispatch import Dispatcher, RetryPolicy, close_channels, open_channels
-from router.hookspecs import hookimpl
 from router.plugins import Plugins, load_plugins
 from router.redact import Redactor
 from router.reload import Live, ReloadStatus, reload_rules, swap

@@ -1,15 +1,15 @@
 """Retention: what is old and finished goes; pending and dead work, and the events it
-needs, stay. Driven with explicit times (a fake clock) on a real SQLite store."""
+needs, stay. Driven with explicit times (a fake clock) on a real store, on each
+backend."""
 
-import sqlite3
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import orjson
+import pytest
 
 from router.retention import run_retention
 from router.settings import Settings
-from router.store import DigestEntry, NewDelivery, Pruned, RoutedEvent
-from router.store.sqlite import SqliteStore
+from router.store import DigestEntry, NewDelivery, Pruned, RoutedEvent, Store, open_store
 from tests.conftest import ServiceFactory, StoreDB, example, webhook_rules
 from tests.test_metrics import scrape, until_metric, value
 
@@ -18,15 +18,16 @@ DAY = 86400.0
 PAYLOAD = orjson.dumps(example("course_created"))
 
 
-def rows(path: Path, sql: str) -> list[tuple]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql).fetchall()
-
-
-async def build(path: Path) -> SqliteStore:
-    """Events in every state a retention pass must tell apart, all received at T0."""
-    store = SqliteStore(str(path))
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    store = open_store(db_url)
     await store.open()
+    yield store
+    await store.close()
+
+
+async def build(store: Store, store_db: StoreDB) -> Store:
+    """Events in every state a retention pass must tell apart, all received at T0."""
     names = ["done", "dead", "retrying", "quiet", "open-digest", "sent-digest", "waiting"]
     await store.accept_events(
         [(name, "course_created", PAYLOAD) for name in names], dedupe_window=60, now=T0
@@ -62,60 +63,48 @@ async def build(path: Path) -> SqliteStore:
         next_attempt_at=T0 + 9 * DAY,
         error="HTTP 503",
     )
-    await store._call(
-        lambda conn: conn.executemany(
-            "INSERT INTO throttles (key, until) VALUES (?, ?)",
-            [("r:ended", T0 + 3600), ("r:running", T0 + 30 * DAY)],
-        )
-    )
+    for key, until in [("r:ended", T0 + 3600), ("r:running", T0 + 30 * DAY)]:
+        store_db.rows("INSERT INTO throttles (key, until) VALUES (?, ?)", key, until)
     return store
 
 
-async def test_prune_keeps_unfinished_work_and_what_it_needs(tmp_path: Path) -> None:
-    path = tmp_path / "retention.db"
-    store = await build(path)
-    try:
-        # Nothing is old enough yet: a pass a day later deletes nothing.
-        assert await run_retention(store, keep=7 * DAY, now=T0 + DAY) == Pruned()
+async def test_prune_keeps_unfinished_work_and_what_it_needs(
+    store: Store, store_db: StoreDB
+) -> None:
+    await build(store, store_db)
+    # Nothing is old enough yet: a pass a day later deletes nothing.
+    assert await run_retention(store, keep=7 * DAY, now=T0 + DAY) == Pruned()
 
-        pruned = await run_retention(store, keep=7 * DAY, now=T0 + 8 * DAY)
-    finally:
-        await store.close()
+    pruned = await run_retention(store, keep=7 * DAY, now=T0 + 8 * DAY)
     # done's and the digest's deliveries; done, its duplicate, quiet and sent-digest's
     # events; the sent digest group; the throttle window that ended.
     assert pruned == Pruned(deliveries=2, events=4, digests=1, throttles=1)
-    assert sorted(rows(path, "SELECT id, state FROM events")) == [
+    assert sorted(store_db.rows("SELECT id, state FROM events")) == [
         ("dead", "routed"),
         ("open-digest", "routed"),
         ("retrying", "routed"),
         ("waiting", "pending"),
     ]
-    assert sorted(rows(path, "SELECT key, state FROM deliveries")) == [
+    assert sorted(store_db.rows("SELECT key, state FROM deliveries")) == [
         ("dead:r:hook", "dead"),
         ("retrying:r:hook", "pending"),
     ]
     # Payloads go with their events; the open digest group and its member stay.
-    assert rows(path, "SELECT count(*) FROM event_payloads") == [(4,)]
-    assert rows(path, "SELECT group_key, state FROM digests") == [("open", "open")]
-    assert rows(path, "SELECT count(*) FROM digest_events") == [(1,)]
-    assert rows(path, "SELECT key FROM throttles") == [("r:running",)]
+    assert store_db.rows("SELECT count(*) FROM event_payloads") == [(4,)]
+    assert store_db.rows("SELECT group_key, state FROM digests") == [("open", "open")]
+    assert store_db.rows("SELECT count(*) FROM digest_events") == [(1,)]
+    assert store_db.rows("SELECT key FROM throttles") == [("r:running",)]
 
 
-async def test_prune_works_in_bounded_passes(tmp_path: Path) -> None:
-    path = tmp_path / "passes.db"
-    store = SqliteStore(str(path))
-    await store.open()
-    try:
-        events = [(f"e{i}", "x", PAYLOAD) for i in range(5)]
-        await store.accept_events(events, dedupe_window=60, now=T0)
-        claimed = await store.claim_events(10, lease=60, now=T0)
-        await store.record_routing([RoutedEvent(e, []) for e in claimed], now=T0)
-        assert (await store.prune(before=T0 + 1, limit=2)).events == 2
-        assert (await store.prune(before=T0 + 1, limit=2)).events == 2
-        assert (await store.prune(before=T0 + 1, limit=2)).events == 1
-        assert (await store.prune(before=T0 + 1, limit=2)).total == 0
-    finally:
-        await store.close()
+async def test_prune_works_in_bounded_passes(store: Store) -> None:
+    events = [(f"e{i}", "x", PAYLOAD) for i in range(5)]
+    await store.accept_events(events, dedupe_window=60, now=T0)
+    claimed = await store.claim_events(10, lease=60, now=T0)
+    await store.record_routing([RoutedEvent(e, []) for e in claimed], now=T0)
+    assert (await store.prune(before=T0 + 1, limit=2)).events == 2
+    assert (await store.prune(before=T0 + 1, limit=2)).events == 2
+    assert (await store.prune(before=T0 + 1, limit=2)).events == 1
+    assert (await store.prune(before=T0 + 1, limit=2)).total == 0
 
 
 async def test_the_service_prunes_in_the_background(

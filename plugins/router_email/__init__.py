@@ -28,6 +28,7 @@ from pydantic import (
 from router import (
     BoundedSandbox,
     Channel,
+    ChannelConfig,
     DeliveryError,
     Message,
     PermanentError,
@@ -36,7 +37,6 @@ from router import (
     bounded,
     hookimpl,
 )
-from router.channels import ChannelConfig
 
 __version__ = "0.1.0"
 

@@ -17,8 +17,16 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from router import Channel, DeliveryError, Message, PermanentError, RetryableError, hookimpl
-from router.channels import ChannelConfig, retry_after_seconds
+from router import (
+    Channel,
+    ChannelConfig,
+    DeliveryError,
+    Message,
+    PermanentError,
+    RetryableError,
+    hookimpl,
+    retry_after_seconds,
+)
 
 __version__ = "0.1.0"
 

@@ -13,8 +13,15 @@ import orjson
 from pydantic import Field, SecretStr, field_validator
 from standardwebhooks import Webhook
 
-from router import Channel, Message, PermanentError, RetryableError, hookimpl
-from router.channels import ChannelConfig, retry_after_seconds
+from router import (
+    Channel,
+    ChannelConfig,
+    Message,
+    PermanentError,
+    RetryableError,
+    hookimpl,
+    retry_after_seconds,
+)
 
 __version__ = "0.1.0"
 

@@ -12,6 +12,7 @@ from aiohttp import web
 from router.delivery_queries import (
     BadQuery,
     Selector,
+    empty_dlq,
     loads_redacted,
     parse_limit,
     parse_since,
@@ -72,6 +73,8 @@ async def get_dlq(request: web.Request) -> web.Response:
     except BadQuery as exc:
         return _bad(exc)
     total = (await request.app[STORE].counts()).dead
+    if not dead:  # said in words too, for whoever reads the answer
+        return _json({"total": total, "dead_letters": dead, "message": empty_dlq(total)})
     return _json({"total": total, "dead_letters": dead})
 
 

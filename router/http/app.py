@@ -36,6 +36,7 @@ from router.http.reload import post_reload, reload_ctx
 from router.http.status import status_page
 from router.logs import update_redactor
 from router.metrics import Metrics
+from router.outbox import Outcomes
 from router.pacing import IngestPressure
 from router.plugins import Plugins, load_plugins
 from router.redact import Redactor
@@ -139,6 +140,8 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         cap=settings.backoff_cap,
     )
     metrics = app[METRICS]
+    # Deliveries attempted and deliveries born dead report to the same place.
+    outcomes = Outcomes(metrics, app[PLUGINS].delivery_finished)
     dispatcher = Dispatcher(
         app[STORE],
         app[PLUGINS],
@@ -146,6 +149,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         lambda: redactor(app),
         metrics=metrics,
         pressure=app[PRESSURE],
+        outcomes=outcomes,
     )
     dispatcher.channels = await open_channels(app[LIVE].router.rules.channels)
     routing = RoutingWorker(
@@ -153,7 +157,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         lambda: app[LIVE].router,
         dispatcher.wake,
         metrics=metrics,
-        observe=app[PLUGINS].delivery_finished,
+        outcomes=outcomes,
         pressure=app[PRESSURE],
     )
     app[DISPATCHER] = dispatcher

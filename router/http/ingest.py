@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 
 JSON_TYPES = {"application/json", "text/json", ""}
 NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl"}
-JWT_TYPES = {"application/jwt", "application/jose", "text/plain"}
+JWT_TYPES = {"application/jwt", "application/jose"}
+# What a sender that does not label its body may use; the body says which it is.
+PLAIN_TYPES = {"text/plain"}
 # What aiohttp decodes without optional packages ("" and identity: not encoded).
 CONTENT_ENCODINGS = {"", "identity", "gzip", "deflate"}
 
@@ -52,6 +54,17 @@ def problem(status: int, message: str, **extra: object) -> web.Response:
 def _looks_like_jwt(data: bytes) -> bool:
     # The prefix test first: a JSON body fails it without copying or scanning.
     return data[:3] == b"eyJ" and data.strip().count(b".") == 2 and b"{" not in data
+
+
+def _is_signed(ctype: str, data: bytes) -> bool:
+    """Whether a body is a signed (JWT) delivery: labelled so, or a JSON or plain-text
+    body that is a JWT. A plain-text body that starts as JSON does (``{`` or ``[``) is
+    JSON, not a token."""
+    if ctype in JWT_TYPES:
+        return True
+    if ctype in PLAIN_TYPES:
+        return data.lstrip()[:1] not in (b"{", b"[")
+    return ctype in JSON_TYPES and _looks_like_jwt(data)
 
 
 def _claims_bytes(claims: dict[str, Any]) -> bytes:
@@ -216,7 +229,7 @@ class Ingest:
     ) -> list[ParsedEvent] | web.Response:
         settings = self.settings
         ctype = request.content_type.lower() if request.headers.get("Content-Type") else ""
-        if ctype in JWT_TYPES or (ctype in JSON_TYPES and _looks_like_jwt(data)):
+        if _is_signed(ctype, data):
             if self.jwks is None:
                 return problem(401, "signed (JWT) delivery received but ROUTER_JWKS_URL is not set")
             try:
@@ -234,7 +247,7 @@ class Ingest:
             return problem(401, "only signed (JWT) deliveries are accepted")
         if ctype in NDJSON_TYPES:
             return parse_body_or_error(data, ndjson=True, max_items=settings.max_batch_items)
-        if ctype in JSON_TYPES or ctype.endswith("+json"):
+        if ctype in JSON_TYPES or ctype in PLAIN_TYPES or ctype.endswith("+json"):
             return parse_body_or_error(data, ndjson=False, max_items=settings.max_batch_items)
         return problem(
             415,

@@ -188,11 +188,6 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
     channels = []
     for name, runtime in sorted(app[DISPATCHER].channels.items()):
         definition = runtime.definition
-        try:
-            log_only = "log_only: true" if definition.options.log_only else None
-            log_only = log_only or (None if runtime.broken else runtime.instance.log_only_reason())
-        except Exception as exc:  # a plugin's own code
-            log_only = f"log_only_reason() raised {type(exc).__name__}"
         retrying = [d for d in pending if d.channel == name and d.attempts > 0]
         dead_here = [d for d in dead if d.channel == name]
         last = next(iter(retrying), None) or next(iter(dead_here), None)
@@ -202,7 +197,7 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
                 "type": definition.type.name,
                 "plugin": definition.type.plugin,
                 "broken": redact(runtime.broken) if runtime.broken else None,
-                "log_only": log_only,
+                "log_only": runtime.log_only,
                 "delivered": by_channel.get((name, "delivered"), 0.0),
                 "logged": by_channel.get((name, "logged"), 0.0),
                 "retried": by_channel.get((name, "retried"), 0.0),

@@ -6,6 +6,7 @@ made building a claimed ``DeliveryJob`` cost about 15 k instructions on the stor
 thread, a fifth of that thread's work per delivery.
 """
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -147,6 +148,20 @@ class Pruned:
     @property
     def total(self) -> int:
         return self.deliveries + self.events + self.digests + self.throttles
+
+
+def log_schema_change(log: logging.Logger, store: str, found: int, now: int) -> None:
+    """The one line a store logs when it opens a schema it had to change: ``store
+    created`` (it was empty) or ``store migrated`` (from version ``found`` to ``now``)."""
+    if found == now:
+        return
+    if found == 0:
+        log.info("store created", extra={"store": store, "schema_version": now})
+    else:
+        log.info(
+            "store migrated",
+            extra={"store": store, "schema_version": now, "from_schema_version": found},
+        )
 
 
 class StoreOpenError(Exception):

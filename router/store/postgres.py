@@ -16,8 +16,10 @@ from owning its file, this store gets from the database:
   a concurrent accept of the same id wait for the first one's transaction, then see
   its row: exactly one of them returns the id (pending), the other is a duplicate.
 * **Throttles** are locked (inserted if missing) in key order at the start of
-  routing a batch, then decided in that transaction; **digest groups** are joined
-  with ``INSERT ... ON CONFLICT (rule, group_key) WHERE state = 'open'``. A claimed
+  routing a batch, then decided in that transaction by ``router.store.policies``;
+  **digest groups** are locked (opened if missing) with ``INSERT ... ON CONFLICT
+  (rule, group_key) WHERE state = 'open'``, then the policy decides their size and
+  due time and they are written in the same transaction. A claimed
   digest is sealed (``state = 'flushing'``) so that an event routed meanwhile by
   another replica opens a new group instead of joining one whose message is being
   rendered without it.
@@ -56,13 +58,13 @@ import os
 import re
 import socket
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+import router.store.policies as policies
 from router.store.base import (
     Accepted,
     DeliveryDetail,
@@ -77,6 +79,7 @@ from router.store.base import (
     Pruned,
     RoutedEvent,
     StoreCounts,
+    log_schema_change,
 )
 
 log = logging.getLogger(__name__)
@@ -323,34 +326,27 @@ FROM unnest($1::text[], $2::float8[], $3::bigint[]) AS u(key, until, n)
 WHERE t.key = u.key
 """
 
-# Join (or open) the open group of each (rule, group) of a batch, in that order, and
-# add the events to it. A group is due now once it holds max_size events.
-_JOIN_DIGESTS = """
-WITH entries AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::float8[], $5::int[])
-        AS t(rule, group_key, event_seq, due_at, max_size)
-),
-groups AS (
-    SELECT rule, group_key, count(*)::int AS n,
-           (array_agg(due_at ORDER BY event_seq))[1] AS due_at,
-           (array_agg(max_size ORDER BY event_seq DESC))[1] AS max_size
-    FROM entries GROUP BY rule, group_key
-),
-joined AS (
-    INSERT INTO digests AS d (rule, group_key, state, opened_at, due_at, size, max_size)
-    SELECT rule, group_key, 'open', $6, CASE WHEN n >= max_size THEN $6 ELSE due_at END,
-           n, max_size
-    FROM groups ORDER BY rule, group_key
-    ON CONFLICT (rule, group_key) WHERE state = 'open' DO UPDATE
-    SET size = d.size + excluded.size,
-        max_size = excluded.max_size,
-        due_at = CASE WHEN d.size + excluded.size >= excluded.max_size THEN $6 ELSE d.due_at END
-    RETURNING d.id, d.rule, d.group_key
+# Lock the open group of each (rule, group) of a batch, in that order, opening the
+# missing ones (empty, due when their first event says), and read their size and due
+# time: the policy decides how joining changes them (_WRITE_DIGESTS).
+_LOCK_DIGESTS = """
+INSERT INTO digests AS d (rule, group_key, state, opened_at, due_at, size, max_size)
+SELECT t.rule, t.group_key, 'open', $4, t.due_at, 0, 0
+FROM unnest($1::text[], $2::text[], $3::float8[]) AS t(rule, group_key, due_at)
+ORDER BY t.rule, t.group_key
+ON CONFLICT (rule, group_key) WHERE state = 'open' DO UPDATE SET size = d.size
+RETURNING d.id, d.rule, d.group_key, d.size, d.due_at
+"""
+
+_WRITE_DIGESTS = """
+WITH updated AS (
+    UPDATE digests d SET size = u.size, due_at = u.due_at, max_size = u.max_size
+    FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::int[]) AS u(id, size, due_at, max_size)
+    WHERE d.id = u.id
 )
 INSERT INTO digest_events (digest_id, event_seq)
-SELECT j.id, e.event_seq FROM entries e
-JOIN joined j ON j.rule = e.rule AND j.group_key = e.group_key
-ORDER BY j.id, e.event_seq
+SELECT * FROM unnest($5::bigint[], $6::bigint[]) AS e(digest_id, event_seq)
+ORDER BY 1, 2
 ON CONFLICT DO NOTHING
 """
 
@@ -365,6 +361,11 @@ INSERT INTO snapshots (entity, body, updated_at)
 SELECT entity, body, $3 FROM unnest($1::text[], $2::bytea[]) AS t(entity, body) ORDER BY entity
 ON CONFLICT (entity) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at
 """
+
+
+# The states policies.delivery_expired accepts, as a literal list: the planner then
+# uses the partial index deliveries_finished.
+_FINISHED = ", ".join(f"'{state}'" for state in policies.FINISHED_STATES)
 
 
 class PostgresStore:
@@ -448,7 +449,7 @@ class PostgresStore:
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 await conn.execute(script)
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
-                log.info("store migrated", extra={"store": schema, "schema_version": number})
+        log_schema_change(log, schema, version, len(MIGRATIONS))
         return f"router:{schema}"[:63]
 
     async def _release_own_leases(self) -> None:
@@ -596,7 +597,6 @@ class PostgresStore:
     async def record_routing(self, routed: list[RoutedEvent], *, now: float) -> list[str]:
         if not routed:
             return []
-        suppressed: list[str] = []
         async with self._acquire() as conn, conn.transaction():
             marked = {
                 row[0]
@@ -615,7 +615,9 @@ class PostgresStore:
                     todo.append(item)
             if not todo:
                 return []
-            jobs = await self._decide_throttles(conn, todo, now, suppressed)
+            batch = [(item.event.seq, item.deliveries) for item in todo]
+            verdicts = await _decide_throttles(conn, batch, now)
+            jobs = verdicts.kept
             if jobs:
                 await conn.execute(
                     _INSERT_DELIVERIES,
@@ -640,48 +642,7 @@ class PostgresStore:
                 )
             if any(d.error is None for _, d in jobs):
                 await self._notify(conn, DELIVERIES)
-        return suppressed
-
-    async def _decide_throttles(
-        self, conn: asyncpg.Connection, todo: list[RoutedEvent], now: float, suppressed: list[str]
-    ) -> list[tuple[int, NewDelivery]]:
-        """The deliveries to create, as ``(event seq, delivery)``. Throttled keys are
-        locked for the rest of the transaction, then decided event by event exactly as
-        the SQLite store does: the first use of a key whose window is closed opens it;
-        every other use while it is open is suppressed, counted and reported."""
-        keys = sorted({d.throttle[0] for item in todo for d in item.deliveries if d.throttle})
-        until: dict[str, float] = {}
-        if keys:
-            until = {key: end for key, end in await conn.fetch(_LOCK_THROTTLES, keys)}
-        counted: Counter[str] = Counter()
-        changed: set[str] = set()
-        jobs: list[tuple[int, NewDelivery]] = []
-        for item in todo:
-            verdicts: dict[str, bool] = {}
-            for delivery in item.deliveries:
-                if delivery.throttle is None:
-                    jobs.append((item.event.seq, delivery))
-                    continue
-                key, window_end = delivery.throttle
-                if key not in verdicts:
-                    verdicts[key] = until[key] <= now
-                    if verdicts[key]:
-                        until[key] = window_end
-                        changed.add(key)
-                if verdicts[key]:
-                    jobs.append((item.event.seq, delivery))
-                else:
-                    counted[key] += 1
-                    suppressed.append(delivery.rule)
-        written = sorted(changed | set(counted))
-        if written:
-            await conn.execute(
-                _UPDATE_THROTTLES,
-                written,
-                [until[k] for k in written],
-                [counted[k] for k in written],
-            )
-        return jobs
+        return verdicts.suppressed
 
     async def claim_due_digests(self, limit: int, *, lease: float, now: float) -> list[DueDigest]:
         async with self._acquire() as conn:
@@ -803,7 +764,9 @@ class PostgresStore:
         rule: str | None = None,
         since: float | None = None,
     ) -> list[DeliveryRecord]:
-        where, args = _filters(state=state, channel=channel, rule=rule, since=since)
+        where, args = _where(
+            policies.DeliveryFilter(state=state, channel=channel, rule=rule, since=since)
+        )
         async with self._acquire() as conn:
             rows = await conn.fetch(
                 f"SELECT {_RECORD} FROM deliveries d JOIN events e ON e.seq = d.event_seq"
@@ -834,8 +797,11 @@ class PostgresStore:
         rule: str | None = None,
         since: float | None = None,
     ) -> int:
-        where, args = _filters(
-            state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since, first=2
+        where, args = _where(
+            policies.DeliveryFilter(
+                state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
+            ),
+            first=2,
         )
         async with self._acquire() as conn, conn.transaction():
             status = await conn.execute(
@@ -857,8 +823,10 @@ class PostgresStore:
         rule: str | None = None,
         since: float | None = None,
     ) -> int:
-        where, args = _filters(
-            state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
+        where, args = _where(
+            policies.DeliveryFilter(
+                state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
+            )
         )
         async with self._acquire() as conn:
             return _rowcount(await conn.execute(f"DELETE FROM deliveries d WHERE {where}", *args))
@@ -911,11 +879,15 @@ class PostgresStore:
         own short transaction, oldest first, so replicas pruning at the same time only
         wait briefly for each other, and a row a replica is working on (pending,
         leased, dead, in an open or flushing digest) is never a candidate."""
+        # The candidates are selected (and locked) in SQL, not read and filtered: rows
+        # another replica holds are skipped, and a pass never stalls behind old rows it
+        # must keep. The conditions are the policies' (router.store.policies):
+        # delivery_expired, digest_expired, event_expired, throttle_expired.
         async with self._acquire() as conn:
             deliveries = _rowcount(
                 await conn.execute(
                     "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
-                    " WHERE state IN ('delivered', 'logged') AND updated_at < $1"
+                    f" WHERE state IN ({_FINISHED}) AND updated_at < $1"
                     " ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
                     before,
                     limit,
@@ -970,43 +942,67 @@ class PostgresStore:
         return Pruned(deliveries, len(events), len(ids), throttles)
 
 
-def _filters(
-    *,
-    state: str | None = None,
-    ids: list[int] | None = None,
-    channel: str | None = None,
-    rule: str | None = None,
-    since: float | None = None,
-    first: int = 1,
-) -> tuple[str, list[Any]]:
-    """A WHERE clause over deliveries ``d`` holding every filter given, with its
-    arguments numbered from ``$first``."""
+def _where(selected: policies.DeliveryFilter, *, first: int = 1) -> tuple[str, list[Any]]:
+    """The WHERE clause of a delivery filter over deliveries ``d``, with its arguments
+    numbered from ``$first``."""
     clauses, args = ["true"], []
-    for sql, value in (
-        ("d.state = ${}", state),
-        ("d.channel = ${}", channel),
-        ("d.rule = ${}", rule),
-        ("d.updated_at >= ${}", since),
-        ("d.id = ANY(${}::bigint[])", ids),
-    ):
-        if value is not None:
-            clauses.append(sql.format(first + len(args)))
-            args.append(value)
+    for column, operator, value in selected.terms():
+        number = first + len(args)
+        if operator == "in":
+            clauses.append(f"d.{column} = ANY(${number}::bigint[])")
+        else:
+            clauses.append(f"d.{column} {operator} ${number}")
+        args.append(value)
     return " AND ".join(clauses), args
+
+
+async def _decide_throttles(
+    conn: asyncpg.Connection, batch: list[tuple[int, list[NewDelivery]]], now: float
+) -> policies.ThrottleVerdicts:
+    """Lock the batch's throttle keys for the rest of the transaction (in key order,
+    creating missing ones as "no window"), let the policy decide, and write its
+    verdicts."""
+    keys = policies.throttle_keys(batch)
+    windows: dict[str, float | None] = {}
+    if keys:
+        windows = {key: end for key, end in await conn.fetch(_LOCK_THROTTLES, keys)}
+    verdicts = policies.decide_throttles(batch, windows, now)
+    written = verdicts.written()
+    if written:
+        await conn.execute(
+            _UPDATE_THROTTLES,
+            written,
+            [verdicts.windows.get(key, windows[key]) for key in written],
+            [verdicts.counted[key] for key in written],
+        )
+    return verdicts
 
 
 async def _join_digests(
     conn: asyncpg.Connection, entries: list[tuple[int, DigestEntry]], now: float
 ) -> None:
-    await conn.execute(
-        _JOIN_DIGESTS,
-        [entry.rule for _, entry in entries],
-        [entry.group for _, entry in entries],
-        [seq for seq, _ in entries],
-        [entry.due_at for _, entry in entries],
-        [entry.max for _, entry in entries],
+    """Add events to the open group of their (rule, group key), opening it if needed."""
+    joins = policies.digest_joins(entries)
+    groups = await conn.fetch(
+        _LOCK_DIGESTS,
+        [rule for rule, _ in joins],
+        [group for _, group in joins],
+        [joining[0][1].due_at for joining in joins.values()],
         now,
     )
+    ids, sizes, due, maxima, members, seqs = [], [], [], [], [], []
+    for digest_id, rule, group_key, size, due_at in groups:
+        joining = joins[(rule, group_key)]
+        after = policies.join_digest(
+            policies.DigestGroup(size=size, due_at=due_at), [e for _, e in joining], now
+        )
+        ids.append(digest_id)
+        sizes.append(after.size)
+        due.append(after.due_at)
+        maxima.append(joining[-1][1].max)
+        members.extend([digest_id] * len(joining))
+        seqs.extend(seq for seq, _ in joining)
+    await conn.execute(_WRITE_DIGESTS, ids, sizes, due, maxima, members, seqs)
 
 
 def _rowcount(status: str) -> int:

@@ -23,6 +23,7 @@ class RecentIds:
         self._previous: dict[str, float] = {}
         self._rotated_at = now
         self._added: list[str] = []
+        self._forgotten: list[tuple[dict[str, float], str, float]] = []
 
     def seen_since(self, event_id: str, since: float) -> bool:
         """Whether ``event_id`` was accepted as new at or after ``since``."""
@@ -39,16 +40,30 @@ class RecentIds:
         self._current[event_id] = at
         self._added.append(event_id)
 
+    def forget(self, event_id: str, before: float) -> None:
+        """Retention deleted the events with this id: forget it, unless it was accepted
+        as new again since ``before``."""
+        for generation in (self._current, self._previous):
+            at = generation.get(event_id)
+            if at is not None and at < before:
+                del generation[event_id]
+                self._forgotten.append((generation, event_id, at))
+
     def begin(self) -> None:
-        """A transaction starts: ids added from now on are undone by ``rollback``."""
+        """A transaction starts: ids added or forgotten from now on are undone by
+        ``rollback``."""
         self._added.clear()
+        self._forgotten.clear()
 
     def rollback(self) -> None:
-        """The transaction rolled back: its events were not stored after all."""
+        """The transaction rolled back: its events were not stored (or deleted) after all."""
         for event_id in self._added:  # (any older entry for it had expired)
             self._current.pop(event_id, None)
             self._previous.pop(event_id, None)
+        for generation, event_id, at in reversed(self._forgotten):
+            generation[event_id] = at
         self._added.clear()
+        self._forgotten.clear()
 
     def __len__(self) -> int:
         return len(self._current) + len(self._previous)

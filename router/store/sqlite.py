@@ -20,6 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+import router.store.policies as policies
 from router.store.base import (
     Accepted,
     DeliveryDetail,
@@ -35,6 +36,7 @@ from router.store.base import (
     RoutedEvent,
     StoreCounts,
     StoreOpenError,
+    log_schema_change,
 )
 from router.store.recent_ids import RecentIds
 
@@ -154,9 +156,17 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # The duplicate check moved into memory (RecentIds): this index only cost inserts.
     "DROP INDEX events_by_id",
     _state_checks_as_comparisons,
+    # A claimed digest group is sealed: an event routed while its message is being
+    # rendered opens a new group instead of joining one sent without it (as on
+    # PostgreSQL). A column, not a new state: SQLite cannot change a CHECK in place.
+    """
+    ALTER TABLE digests ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX digests_open;
+    CREATE UNIQUE INDEX digests_open ON digests (rule, group_key)
+        WHERE state = 'open' AND sealed = 0
+    """,
 ]
 
-_STATES = ("pending", "delivered", "logged", "dead")
 _STATE_INDEX = {
     "dead": "INDEXED BY deliveries_dead",
     "pending": "INDEXED BY deliveries_due",
@@ -199,7 +209,9 @@ class SqliteStore:
     """The default store: a SQLite file. One process owns the file at a time.
 
     Because of that, leases live in memory (touched only by the writer thread): a
-    claim is a read, not a write, and a crash releases every lease by itself.
+    claim is a read, not a write, and a crash releases every lease by itself. (A
+    claimed digest group is also sealed in its row, so that events routed meanwhile
+    open a new group; a crash leaves it sealed and due, and it is claimed again.)
     """
 
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
@@ -256,7 +268,7 @@ class SqliteStore:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version={number}")
             conn.execute("COMMIT")
-            log.info("store migrated", extra={"store": self.path, "schema_version": number})
+        log_schema_change(log, self.path, version, len(MIGRATIONS))
         return conn
 
     def _run(self, ready: asyncio.Future[None]) -> None:
@@ -390,20 +402,25 @@ class SqliteStore:
 
     async def record_routing(self, routed: list[RoutedEvent], *, now: float) -> list[str]:
         def op(conn: sqlite3.Connection) -> list[str]:
-            suppressed: list[str] = []
+            todo = []
             for item in routed:
-                event = item.event
                 marked = conn.execute(
                     "UPDATE events SET state = 'routed' WHERE seq = ? AND state = 'pending'",
-                    (event.seq,),
+                    (item.event.seq,),
                 )
-                self._event_leases.pop(event.seq, None)
-                if marked.rowcount == 0:
-                    continue  # routed already: a repeat must not double the jobs
-                jobs = _unthrottled(conn, item.deliveries, now, suppressed)
-                _insert_deliveries(conn, event.seq, jobs, now)
-                for entry in item.digests:
-                    _join_digest(conn, entry, event.seq, now)
+                self._event_leases.pop(item.event.seq, None)
+                if marked.rowcount:  # routed already: a repeat must not double the jobs
+                    todo.append(item)
+            batch = [(item.event.seq, item.deliveries) for item in todo]
+            verdicts = policies.decide_throttles(
+                batch, _throttle_windows(conn, policies.throttle_keys(batch)), now
+            )
+            _write_throttles(conn, verdicts)
+            _insert_deliveries(conn, verdicts.kept, now)
+            _join_digests(
+                conn, [(item.event.seq, entry) for item in todo for entry in item.digests], now
+            )
+            for item in todo:
                 if item.snapshot is not None:
                     conn.execute(
                         "INSERT INTO snapshots (entity, body, updated_at) VALUES (?,?,?)"
@@ -411,7 +428,7 @@ class SqliteStore:
                         " updated_at = excluded.updated_at",
                         (*item.snapshot, now),
                     )
-            return suppressed
+            return verdicts.suppressed
 
         return await self._call(op)
 
@@ -433,6 +450,10 @@ class SqliteStore:
                 ).fetchall()
                 due.append(DueDigest(digest_id, rule, group, [InboxEvent(*e) for e in events]))
                 leased[digest_id] = now + lease
+            conn.executemany(
+                "UPDATE digests SET sealed = 1 WHERE id = ? AND sealed = 0",
+                [(digest.id,) for digest in due],
+            )
             return due
 
         return await self._call(op)
@@ -449,7 +470,7 @@ class SqliteStore:
                 "SELECT min(event_seq) FROM digest_events WHERE digest_id = ?", (digest_id,)
             ).fetchone()[0]
             if closed.rowcount and first is not None:
-                _insert_deliveries(conn, first, deliveries, now)
+                _insert_deliveries(conn, [(first, d) for d in deliveries], now)
 
         await self._call(op)
 
@@ -554,7 +575,9 @@ class SqliteStore:
         since: float | None = None,
     ) -> list[DeliveryRecord]:
         def op(conn: sqlite3.Connection) -> list[DeliveryRecord]:
-            where, args = _filters(state=state, channel=channel, rule=rule, since=since)
+            where, args = _where(
+                policies.DeliveryFilter(state=state, channel=channel, rule=rule, since=since)
+            )
             # Dead and pending rows are few among many: read them through their partial
             # index (the planner would rather scan the whole table to skip a sort).
             index = _STATE_INDEX.get(state or "", "")
@@ -591,8 +614,10 @@ class SqliteStore:
         since: float | None = None,
     ) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            where, args = _filters(
-                state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
+            where, args = _where(
+                policies.DeliveryFilter(
+                    state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
+                )
             )
             return conn.execute(
                 "UPDATE deliveries AS d SET state = 'pending', attempts = 0,"
@@ -611,8 +636,10 @@ class SqliteStore:
         since: float | None = None,
     ) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            where, args = _filters(
-                state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
+            where, args = _where(
+                policies.DeliveryFilter(
+                    state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
+                )
             )
             return conn.execute(f"DELETE FROM deliveries AS d WHERE {where}", args).rowcount
 
@@ -688,69 +715,79 @@ class SqliteStore:
             for delivery_id, state, created_at, updated_at in cursor:
                 if created_at >= before or len(deliveries) >= limit:
                     break  # updated_at >= created_at: nothing later is old enough
-                if state in ("delivered", "logged") and updated_at < before:
+                if policies.delivery_expired(state, updated_at, before):
                     deliveries.append(delivery_id)
             cursor.close()
             _delete(conn, "DELETE FROM deliveries WHERE id IN", deliveries)
 
-            digests = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT id FROM digests WHERE state = 'sent' AND opened_at < ? LIMIT ?",
-                    (before, limit),
-                )
-            ]
+            digests = _first(
+                conn.execute(
+                    "SELECT id, state, opened_at FROM digests WHERE opened_at < ? ORDER BY id",
+                    (before,),
+                ),
+                lambda row: policies.digest_expired(row[1], row[2], before),
+                limit,
+            )
             _delete(conn, "DELETE FROM digest_events WHERE digest_id IN", digests)
             _delete(conn, "DELETE FROM digests WHERE id IN", digests)
 
-            events = []
-            cursor = conn.execute("SELECT seq, state, received_at FROM events ORDER BY seq")
-            for seq, state, received_at in cursor:
+            events, ids = [], set()
+            cursor = conn.execute("SELECT seq, id, state, received_at FROM events ORDER BY seq")
+            for seq, event_id, state, received_at in cursor:
                 if received_at >= before or len(events) >= limit:
                     break
-                if state == "pending" or _referenced(conn, seq):
-                    continue  # not routed yet, a delivery left, or in an open digest
-                events.append(seq)
+                # (Only an old, routed event is looked up for references.)
+                if policies.event_expired(
+                    state, received_at, state != "pending" and _referenced(conn, seq), before
+                ):
+                    events.append(seq)
+                    ids.add(event_id)
             cursor.close()
             _delete(conn, "DELETE FROM event_payloads WHERE seq IN", events)
             _delete(conn, "DELETE FROM events WHERE seq IN", events)
+            if self._recent_ids is not None:  # their ids leave the duplicate check too
+                for event_id in ids:
+                    self._recent_ids.forget(event_id, before)
 
-            throttles = conn.execute(
-                "DELETE FROM throttles WHERE rowid IN"
-                " (SELECT rowid FROM throttles WHERE until < ? LIMIT ?)",
-                (before, limit),
-            ).rowcount
-            return Pruned(len(deliveries), len(events), len(digests), throttles)
+            throttles = _first(
+                conn.execute("SELECT rowid, until FROM throttles WHERE until < ?", (before,)),
+                lambda row: policies.throttle_expired(row[1], before),
+                limit,
+            )
+            _delete(conn, "DELETE FROM throttles WHERE rowid IN", throttles)
+            return Pruned(len(deliveries), len(events), len(digests), len(throttles))
 
         return await self._call(op)
 
 
-def _filters(
-    *,
-    state: str | None = None,
-    ids: list[int] | None = None,
-    channel: str | None = None,
-    rule: str | None = None,
-    since: float | None = None,
-) -> tuple[str, list[Any]]:
-    """A WHERE clause over deliveries ``d`` holding every filter given. The state is
-    written as a literal (checked first), so that SQLite can use the partial indexes."""
+def _first(
+    rows: sqlite3.Cursor, expired: Callable[[tuple[Any, ...]], bool], limit: int
+) -> list[Any]:
+    """The keys (first column) of the first ``limit`` rows that ``expired`` says go."""
+    found = []
+    for row in rows:
+        if len(found) >= limit:
+            break
+        if expired(row):
+            found.append(row[0])
+    rows.close()
+    return found
+
+
+def _where(selected: policies.DeliveryFilter) -> tuple[str, list[Any]]:
+    """The WHERE clause of a delivery filter over deliveries ``d``. The state is
+    written as a literal (the filter checked it), so that SQLite can use the partial
+    indexes."""
     clauses, args = ["1"], []
-    if state is not None:
-        if state not in _STATES:
-            raise ValueError(f"unknown delivery state {state!r}")
-        clauses.append(f"d.state = '{state}'")
-    for sql, value in (
-        ("d.channel = ?", channel),
-        ("d.rule = ?", rule),
-        ("d.updated_at >= ?", since),
-    ):
-        if value is not None:
-            clauses.append(sql)
+    for column, operator, value in selected.terms():
+        if column == "state":
+            clauses.append(f"d.state = '{value}'")
+        elif operator == "in":
+            clauses.append(f"d.{column} IN ({','.join('?' * len(value))})")
+            args.extend(value)
+        else:
+            clauses.append(f"d.{column} {operator} ?")
             args.append(value)
-    if ids is not None:
-        clauses.append(f"d.id IN ({','.join('?' * len(ids))})")
-        args.extend(ids)
     return " AND ".join(clauses), args
 
 
@@ -772,8 +809,9 @@ def _delete(conn: sqlite3.Connection, sql: str, keys: list[int]) -> None:
 
 
 def _insert_deliveries(
-    conn: sqlite3.Connection, event_seq: int, deliveries: list[NewDelivery], now: float
+    conn: sqlite3.Connection, jobs: list[tuple[int, NewDelivery]], now: float
 ) -> None:
+    """Create delivery jobs, ``(event seq, delivery)``; one with an error is born dead."""
     conn.executemany(
         "INSERT INTO deliveries (key, event_seq, rule, channel, message, state, created_at,"
         " updated_at, next_attempt_at, last_error) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -790,63 +828,65 @@ def _insert_deliveries(
                 now,
                 d.error,
             )
-            for d in deliveries
+            for event_seq, d in jobs
         ],
     )
 
 
-def _unthrottled(
-    conn: sqlite3.Connection, deliveries: list[NewDelivery], now: float, suppressed: list[str]
-) -> list[NewDelivery]:
-    """The deliveries whose throttle window is closed; opens a window for each key used.
-    Every suppressed one is counted in the store and its rule reported."""
-    verdicts: dict[str, bool] = {}
-    kept = []
-    for delivery in deliveries:
-        if delivery.throttle is None:
-            kept.append(delivery)
-            continue
-        key, until = delivery.throttle
-        if key not in verdicts:
-            row = conn.execute("SELECT until FROM throttles WHERE key = ?", (key,)).fetchone()
-            verdicts[key] = row is None or row[0] <= now
-            if verdicts[key]:
-                conn.execute(
-                    "INSERT INTO throttles (key, until) VALUES (?, ?)"
-                    " ON CONFLICT (key) DO UPDATE SET until = excluded.until",
-                    (key, until),
-                )
-        if verdicts[key]:
-            kept.append(delivery)
-        else:
-            conn.execute("UPDATE throttles SET suppressed = suppressed + 1 WHERE key = ?", (key,))
-            suppressed.append(delivery.rule)
-    return kept
-
-
-def _join_digest(conn: sqlite3.Connection, entry: DigestEntry, event_seq: int, now: float) -> None:
-    row = conn.execute(
-        "SELECT id, size FROM digests WHERE rule = ? AND group_key = ? AND state = 'open'",
-        (entry.rule, entry.group),
-    ).fetchone()
-    if row is None:
-        cursor = conn.execute(
-            "INSERT INTO digests (rule, group_key, state, opened_at, due_at)"
-            " VALUES (?, ?, 'open', ?, ?)",
-            (entry.rule, entry.group, now, entry.due_at),
+def _throttle_windows(conn: sqlite3.Connection, keys: list[str]) -> dict[str, float | None]:
+    """Where the windows of these throttle keys end (None: the key has none yet)."""
+    windows: dict[str, float | None] = dict.fromkeys(keys)
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        rows = conn.execute(
+            f"SELECT key, until FROM throttles WHERE key IN ({','.join('?' * len(chunk))})",
+            chunk,
         )
-        row = (cursor.lastrowid, 0)
-    digest_id, size = row
-    conn.execute(
-        "INSERT OR IGNORE INTO digest_events (digest_id, event_seq) VALUES (?, ?)",
-        (digest_id, event_seq),
+        windows.update(rows)
+    return windows
+
+
+def _write_throttles(conn: sqlite3.Connection, verdicts: policies.ThrottleVerdicts) -> None:
+    """Open the windows the verdicts opened and add what each key suppressed."""
+    conn.executemany(
+        "INSERT INTO throttles (key, until) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET until = excluded.until",
+        list(verdicts.windows.items()),
     )
-    full = size + 1 >= entry.max
-    conn.execute(
-        "UPDATE digests SET size = size + 1, due_at = CASE WHEN ? THEN ? ELSE due_at END"
-        " WHERE id = ?",
-        (full, now, digest_id),
+    conn.executemany(
+        "UPDATE throttles SET suppressed = suppressed + ? WHERE key = ?",
+        [(count, key) for key, count in verdicts.counted.items()],
     )
+
+
+def _join_digests(
+    conn: sqlite3.Connection, entries: list[tuple[int, DigestEntry]], now: float
+) -> None:
+    """Add events to the open group of their (rule, group key), opening it if needed."""
+    for (rule, group_key), joining in policies.digest_joins(entries).items():
+        row = conn.execute(
+            "SELECT id, size, due_at FROM digests"
+            " WHERE rule = ? AND group_key = ? AND state = 'open' AND sealed = 0",
+            (rule, group_key),
+        ).fetchone()
+        current = None if row is None else policies.DigestGroup(size=row[1], due_at=row[2])
+        after = policies.join_digest(current, [entry for _, entry in joining], now)
+        if row is None:
+            digest_id = conn.execute(
+                "INSERT INTO digests (rule, group_key, state, opened_at, due_at, size)"
+                " VALUES (?, ?, 'open', ?, ?, ?)",
+                (rule, group_key, now, after.due_at, after.size),
+            ).lastrowid
+        else:
+            digest_id = row[0]
+            conn.execute(
+                "UPDATE digests SET size = ?, due_at = ? WHERE id = ?",
+                (after.size, after.due_at, digest_id),
+            )
+        conn.executemany(
+            "INSERT OR IGNORE INTO digest_events (digest_id, event_seq) VALUES (?, ?)",
+            [(digest_id, seq) for seq, _ in joining],
+        )
 
 
 def _live(leases: dict[int, float], now: float) -> dict[int, float]:

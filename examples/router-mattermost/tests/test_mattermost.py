@@ -11,8 +11,7 @@ import pytest
 import router_mattermost
 from aiohttp import web
 
-from router.config_source import ConfigErrors
-from router.testing import event, run_router
+from router.testing import ConfigErrors, event, run_router
 
 HOOK_KEY = "xa8hfmw3qbf5jkq9sb4kx6pdqy"
 

@@ -18,8 +18,15 @@ from typing import Any
 import aiohttp
 from pydantic import Field, SecretStr
 
-from router import Channel, Message, PermanentError, RetryableError, hookimpl
-from router.channels import ChannelConfig, retry_after_seconds
+from router import (
+    Channel,
+    ChannelConfig,
+    Message,
+    PermanentError,
+    RetryableError,
+    hookimpl,
+    retry_after_seconds,
+)
 
 __version__ = "0.1.0"
 
