@@ -237,19 +237,21 @@ def bounded_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100)
 
 
 def _filter(name: str) -> Any:
+    # Each bounded filter returns Jinja's own filter's result as is: a Markup stays
+    # Markup, so autoescaping works exactly as without the bounds.
     return jinja2.filters.FILTERS[name]
 
 
 def bounded_center(value: Any, width: int = 80) -> str:
     _check(int(width), "center")
-    return str(_filter("center")(value, width))
+    return _filter("center")(value, width)
 
 
 def bounded_indent(s: Any, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
     text = str(s)
     pad = len(width) if isinstance(width, str) else int(width)
     _check(len(text) + pad * (text.count("\n") + 1), "indent")
-    return str(_filter("indent")(s, width, first, blank))
+    return _filter("indent")(s, width, first, blank)
 
 
 def _replaced_size(text: str, old: str, new: str, count: int | None) -> int:
@@ -264,7 +266,7 @@ def bounded_replace(
     eval_ctx: jinja2.nodes.EvalContext, s: Any, old: Any, new: Any, count: int | None = None
 ) -> str:
     _check(_replaced_size(str(s), str(old), str(new), count), "replace")
-    return str(_filter("replace")(eval_ctx, s, old, new, count))
+    return _filter("replace")(eval_ctx, s, old, new, count)
 
 
 @jinja2.pass_eval_context
@@ -276,12 +278,12 @@ def bounded_join(
 ) -> str:
     items = list(value)
     _check(len(str(d)) * max(len(items) - 1, 0), "join")
-    return str(_filter("join")(eval_ctx, items, d, attribute))
+    return _filter("join")(eval_ctx, items, d, attribute)
 
 
 def bounded_format(value: Any, *args: Any, **kwargs: Any) -> str:
     _check_format(str(value), [*args, *kwargs.values()])
-    return str(_filter("format")(value, *args, **kwargs))
+    return _filter("format")(value, *args, **kwargs)
 
 
 def bounded_batch(value: Any, linecount: int, fill_with: Any = None) -> Any:
@@ -298,7 +300,7 @@ def bounded_wordwrap(
     environment: jinja2.Environment, s: Any, width: int = 79, *args: Any, **kwargs: Any
 ) -> str:
     _check(int(width), "wordwrap")
-    return str(_filter("wordwrap")(environment, s, width, *args, **kwargs))
+    return _filter("wordwrap")(environment, s, width, *args, **kwargs)
 
 
 bounded_wordwrap = jinja2.pass_environment(bounded_wordwrap)  # type: ignore[assignment]

@@ -310,3 +310,11 @@ def test_router_test_is_bounded_the_same_way(tmp_path: Path) -> None:
     args = ["test", str(rules), str(event), "--templates", str(templates), "--json"]
     result = CliRunner().invoke(cli, args)
     assert "took longer than render_timeout (0.5s)" in result.output, result.output
+
+
+def test_bounded_filters_keep_markup_under_autoescape() -> None:
+    env = Templates(ROOT / "templates").html_env
+    template = env.from_string(
+        "{{ x | replace('\\n', '<br>' | safe) }}|{{ [x, '<i>' | safe] | join('<hr>' | safe) }}"
+    )
+    assert template.render(x="<b>\n") == "&lt;b&gt;<br>|&lt;b&gt;\n<hr><i>"
