@@ -57,6 +57,8 @@ HOST_KEYS = (
     "log_only",
     "rate_limit",
     "circuit_breaker",
+    "mute",
+    "during_mute",
 )
 
 

@@ -3,6 +3,8 @@
 import logging
 import re
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +13,20 @@ import orjson
 from aiohttp import web
 
 from router import __version__
-from router.cli_ops import deliveries, dlq
+from router.cli_ops import _with_store, deliveries, dlq, table
 from router.cli_settings import settings_from_options
+from router.cli_silence import silence
 from router.config_source import ConfigErrors
+from router.delivery_queries import BadQuery, parse_since
 from router.dryrun import DryRunError, EventReport, dry_run
+from router.history import diff, preview, read_history
 from router.http.app import create_app
 from router.http.keys import LIVE, PLUGINS
 from router.logs import setup_logging, update_redactor
 from router.outbox import PluginRaised, is_raw_event, log_only_reason
 from router.plugins import Plugins, load_plugins
 from router.redact import Redactor
-from router.routing import build_router
+from router.routing import Router, build_router
 from router.rules import RuleSet
 from router.settings import Settings
 from router.store import StoreOpenError, served, sqlite_path
@@ -291,11 +296,24 @@ def validate(
 
 @cli.command("test")
 @click.argument("rules_file", type=click.Path(path_type=Path))
-@click.argument("events", type=click.Path(path_type=Path), nargs=-1, required=True)
+@click.argument("events", type=click.Path(path_type=Path), nargs=-1)
 @_templates_option
 @click.option("--plugins-dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--explain", is_flag=True, help="Say why each other rule did not fire.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--db", help="Instead of EVENTS: the events stored here (SQLite path or PostgreSQL URL)."
+)
+@click.option("--since", default="1d", show_default=True, help="With --db: how far back.")
+@click.option(
+    "--show", type=click.IntRange(0, 10_000), default=0, help="With --db: show N messages."
+)
+@click.option(
+    "--diff",
+    "current",
+    type=click.Path(path_type=Path),
+    help="With --db: compare with these rules (those in force), per rule and channel.",
+)
 def test_rules(
     rules_file: Path,
     events: tuple[Path, ...],
@@ -303,19 +321,43 @@ def test_rules(
     plugins_dir: Path | None,
     explain: bool,
     as_json: bool,
+    db: str | None,
+    since: str,
+    show: int,
+    current: Path | None,
 ) -> None:
     """Dry run: which rules fire for each event in EVENTS and the rendered message per
     channel. Nothing is sent. EVENTS are JSON files (one event or an array) or NDJSON.
+    Each event is routed at its own time (metadata.event_time): quiet hours show.
 
     Stored state is not consulted: throttles never suppress and `changed` only sees
     what the event itself carries (syllabus_updated's old_syllabus_body).
+
+    With --db instead of EVENTS: what the rules would have sent for the events stored
+    since --since, counted per rule and channel (read only; works while `router serve`
+    runs on the same store).
     """
+    if db is None and not events:
+        raise click.UsageError("give EVENTS files, or --db to try the rules on stored events")
+    if db is not None and events:
+        raise click.UsageError("give EVENTS files or --db, not both")
     settings = settings_from_options(rules=rules_file, templates=templates, plugins_dir=plugins_dir)
     loaded = load_plugins(plugins_dir=settings.plugins_dir, blocked=settings.plugins_block)
     _print_plugin_problems(loaded)
     try:
         router = build_router(settings, loaded)
         _print_rule_warnings(router.rules)
+        if db is not None:
+            in_force = None
+            if current is not None:
+                in_force = build_router(
+                    settings_from_options(
+                        rules=current, templates=templates, plugins_dir=plugins_dir
+                    ),
+                    loaded,
+                )
+            _test_on_history(router, in_force, db, since, show, as_json)
+            return
         reports = dry_run(router, list(events))
     except ConfigErrors as exc:
         for error in exc.errors:
@@ -333,6 +375,59 @@ def test_rules(
         _print_report(report, explain)
 
 
+def _test_on_history(
+    router: Router, in_force: Router | None, db: str, since: str, show: int, as_json: bool
+) -> None:
+    """``router test --db``: the preview of ``router`` (and its diff with ``in_force``)."""
+    try:
+        start = parse_since(since, now=time.time())
+    except BadQuery as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    events, truncated = _with_store(db, lambda store: read_history(store, since=start))
+    result = preview(router, events, since=start, show=show)
+    result.truncated = truncated
+    before = preview(in_force, events, since=start) if in_force is not None else None
+    if as_json:
+        data = result.as_dict()
+        if before is not None:
+            data["diff"] = diff(result, before)
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        return
+    click.echo(
+        f"{result.events} event(s) stored since {datetime.fromtimestamp(start, UTC):%Y-%m-%d %H:%M}"
+        " UTC" + (" (the oldest were not read: too many)" if truncated else "")
+    )
+    if before is not None:
+        rows = [
+            (d["rule"], d["channel"], d["current"], d["new"], f"{d['change']:+d}")
+            for d in diff(result, before)
+        ]
+        click.echo(
+            table(("RULE", "CHANNEL", "IN FORCE", "NEW", "CHANGE"), rows, frozenset({2, 3, 4}))
+        )
+    else:
+        rows = [
+            (rule, channel, count, result.throttled[(rule, channel)], result.muted[(rule, channel)])
+            for (rule, channel), count in sorted(result.sent.items())
+        ]
+        if rows:
+            headers = ("RULE", "CHANNEL", "WOULD SEND", "THROTTLED", "MUTED")
+            click.echo(table(headers, rows, frozenset({2, 3, 4})))
+        else:
+            click.echo("nothing would have been sent")
+    for (rule, channel), count in sorted(result.errors.items()):
+        click.echo(f"error: {rule} -> {channel}: {count} message(s) would fail to render")
+    for message in result.messages:
+        when = datetime.fromtimestamp(message["received_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"\n{when} {message['event_name']} {message['rule']} -> {message['channel']}")
+        if is_raw_event(message):
+            click.echo("  sends the raw event (no template)")
+            continue
+        click.echo(f"  title: {message.get('title', '')}")
+        for line in str(message.get("text", "")).splitlines():
+            click.echo(f"  | {line}")
+
+
 def _print_report(report: EventReport, explain: bool) -> None:
     click.echo(f"{report.file}[{report.index}] {report.event_name} (id {report.event_id})")
     if not report.fired:
@@ -342,6 +437,12 @@ def _print_report(report: EventReport, explain: bool) -> None:
         if "error" in message:
             click.echo(f"      error: {message['error']}")
             continue
+        muted = message.get("muted")
+        if muted and muted["during_mute"] == "hold":
+            until = datetime.fromtimestamp(muted["until"], UTC).isoformat(timespec="minutes")
+            click.echo(f"      muted at the event's time: held until {until} (quiet hours)")
+        elif muted:
+            click.echo("      muted at the event's time: dropped (quiet hours, during_mute: drop)")
         if is_raw_event(message):
             click.echo("      sends the raw event (no template)")
             continue
@@ -378,6 +479,7 @@ def plugins(plugins_dir: Path | None) -> None:
 
 cli.add_command(deliveries)
 cli.add_command(dlq)
+cli.add_command(silence)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import orjson
 
 from router.cli_settings import settings_from_options
 from router.delivery_queries import (
+    REPLAYABLE,
     STATES,
     BadQuery,
     Selector,
@@ -134,12 +135,21 @@ def _print_records(records: list[DeliveryRecord], redact: Redactor, *, as_json: 
             r.event_name,
             r.rule,
             r.channel,
-            _short(redact(r.last_error or "")),
+            _note(r, redact),
         )
         for r in records
     ]
     headers = ("ID", "STATE", "ATTEMPTS", "UPDATED (UTC)", "EVENT", "RULE", "CHANNEL", "LAST ERROR")
     click.echo(table(headers, rows, right=frozenset({0, 2})))
+
+
+def _note(record: DeliveryRecord, redact: Redactor) -> str:
+    """The last column: the last error, or why a delivery waits or was not sent."""
+    if record.state == "held":
+        return f"held until {_when(record.next_attempt_at)} UTC (quiet hours)"
+    if record.state == "silenced":
+        return f"silenced by {record.silence}"
+    return _short(redact(record.last_error or ""))
 
 
 def _db_option(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -264,13 +274,16 @@ def dlq_show(delivery_id: int, db: str | None, as_json: bool) -> None:
     click.echo(orjson.dumps(event, option=orjson.OPT_INDENT_2).decode())
 
 
-def _selector(ids: tuple[int, ...], everything: bool, **filters: str | None) -> Selector:
+def _selector(
+    ids: tuple[int, ...], everything: bool, state: str = "dead", **filters: str | None
+) -> Selector:
     selector = Selector(
         list(ids) or None,
         all=everything,
         channel=filters["channel"],
         rule=filters["rule"],
         since=_since(filters["since"]),
+        state=state,
     )
     if selector.empty:
         raise click.UsageError("say which dead letters: IDs, --all, or --channel/--rule/--since")
@@ -286,8 +299,18 @@ def _selection_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.argument("ids", type=int, nargs=-1, metavar="[ID]...")(function)
 
 
+_state_option = click.option(
+    "--state",
+    type=click.Choice(REPLAYABLE),
+    default="dead",
+    show_default=True,
+    help="Silenced or muted deliveries instead of dead letters.",
+)
+
+
 @dlq.command("replay")
 @_selection_options
+@_state_option
 @_db_option
 @_json_option
 def dlq_replay(
@@ -296,21 +319,30 @@ def dlq_replay(
     channel: str | None,
     rule: str | None,
     since: str | None,
+    state: str,
     db: str | None,
     as_json: bool,
 ) -> None:
-    """Put dead letters back in the queue; they keep their idempotency keys."""
-    selector = _selector(ids, everything, channel=channel, rule=rule, since=since)
-    count = _with_store(db, lambda store: store.replay(now=time.time(), **selector.store_args()))
+    """Put dead letters (or silenced or muted deliveries) back in the queue; they keep
+    their idempotency keys."""
+    selector = _selector(ids, everything, state, channel=channel, rule=rule, since=since)
+    count = _with_store(
+        db,
+        lambda store: store.replay(
+            now=time.time(),
+            state=selector.state,  # type: ignore[arg-type]
+            **selector.store_args(),
+        ),
+    )
+    what = "dead letter(s)" if state == "dead" else f"{state} deliveries"
     click.echo(
-        orjson.dumps({"replayed": count}).decode()
-        if as_json
-        else f"replayed {count} dead letter(s)"
+        orjson.dumps({"replayed": count}).decode() if as_json else f"replayed {count} {what}"
     )
 
 
 @dlq.command("purge")
 @_selection_options
+@_state_option
 @_db_option
 @_json_option
 def dlq_purge(
@@ -319,12 +351,18 @@ def dlq_purge(
     channel: str | None,
     rule: str | None,
     since: str | None,
+    state: str,
     db: str | None,
     as_json: bool,
 ) -> None:
-    """Delete dead letters for good."""
-    selector = _selector(ids, everything, channel=channel, rule=rule, since=since)
-    count = _with_store(db, lambda store: store.purge(**selector.store_args()))
-    click.echo(
-        orjson.dumps({"purged": count}).decode() if as_json else f"purged {count} dead letter(s)"
+    """Delete dead letters (or silenced or muted deliveries) for good."""
+    selector = _selector(ids, everything, state, channel=channel, rule=rule, since=since)
+    count = _with_store(
+        db,
+        lambda store: store.purge(
+            state=selector.state,  # type: ignore[arg-type]
+            **selector.store_args(),
+        ),
     )
+    what = "dead letter(s)" if state == "dead" else f"{state} deliveries"
+    click.echo(orjson.dumps({"purged": count}).decode() if as_json else f"purged {count} {what}")

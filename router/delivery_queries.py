@@ -18,6 +18,7 @@ from router.store.base import DeliveryState
 
 __all__ = [
     "MAX_LIMIT",
+    "REPLAYABLE",
     "STATES",
     "BadQuery",
     "Selector",
@@ -32,6 +33,8 @@ __all__ = [
 
 MAX_LIMIT = 1000
 STATES: tuple[str, ...] = get_args(DeliveryState)
+#: What a replay may select: dead letters, and silenced or muted deliveries.
+REPLAYABLE = ("dead", "silenced", "muted")
 _DURATION_AGO = re.compile(r"\d+(?:\.\d+)?\s*[smhd]")
 
 
@@ -93,7 +96,11 @@ class Selector:
         channel: str | None = None,
         rule: str | None = None,
         since: float | None = None,
+        state: str = "dead",
     ) -> None:
+        if state not in REPLAYABLE:
+            raise BadQuery(f"state: {state!r} is not one of {', '.join(REPLAYABLE)}")
+        self.state = state
         self.ids = ids
         self.all = all
         self.channel = channel
@@ -122,7 +129,7 @@ class Selector:
     @classmethod
     def parse(cls, data: dict[str, Any], *, now: float) -> "Selector":
         """From a JSON body or a form: ``ids``, ``all``, ``channel``, ``rule``, ``since``."""
-        unknown = set(data) - {"ids", "all", "channel", "rule", "since", "csrf"}
+        unknown = set(data) - {"ids", "all", "channel", "rule", "since", "state", "csrf"}
         if unknown:
             raise BadQuery(f"unknown field(s): {', '.join(sorted(unknown))}")
         ids = data.get("ids")
@@ -150,6 +157,7 @@ class Selector:
             channel=data.get("channel") or None,
             rule=data.get("rule") or None,
             since=None if since in (None, "") else parse_since(str(since), now=now),
+            state=str(data.get("state") or "dead"),
         )
         if selector.empty:
             raise BadQuery('say which dead letters: {"ids": [...]}, {"all": true} or filters')
@@ -179,6 +187,7 @@ def record_dict(record: DeliveryRecord, redact: Redactor) -> dict[str, Any]:
         "updated_at": record.updated_at,
         "next_attempt_at": record.next_attempt_at,
         "last_error": None if record.last_error is None else redact(record.last_error),
+        "silence": record.silence,
     }
 
 

@@ -7,7 +7,14 @@ from typing import Any
 
 import orjson
 
-from router.events import BadRequest, InvalidEvents, ParsedEvent, TooManyItems, parse_body
+from router.events import (
+    BadRequest,
+    InvalidEvents,
+    ParsedEvent,
+    TooManyItems,
+    parse_body,
+    parse_timestamp,
+)
 from router.routing import Router
 from router.store import InboxEvent
 
@@ -51,13 +58,23 @@ def read_events(path: Path) -> list[ParsedEvent]:
         raise DryRunError(f"{path}: not an event: {problems}") from None
 
 
+def event_time(payload: Any, default: float) -> float:
+    """The event's ``metadata.event_time`` as unix seconds, else ``default``."""
+    metadata = payload.get("metadata") if isinstance(payload, dict) else None
+    moment = parse_timestamp(metadata.get("event_time")) if isinstance(metadata, dict) else None
+    return moment.timestamp() if moment is not None else default
+
+
 def dry_run(router: Router, files: list[Path]) -> list[EventReport]:
-    """Route every event in ``files`` as the service would (without stored snapshots)."""
+    """Route every event in ``files`` as the service would (without stored snapshots),
+    at the event's own time (``metadata.event_time``, else now): quiet hours are those
+    that would hold then."""
     reports = []
-    now = time.time()
+    started = time.time()
     for path in files:
         for index, parsed in enumerate(read_events(path)):
             payload = orjson.loads(parsed.payload)
+            now = event_time(payload, started)
             event = InboxEvent(index, parsed.id, parsed.name, parsed.payload, now)
             decision = router.decide(event, payload, None, now=now, explain=True)
             messages = [

@@ -127,6 +127,23 @@ class Metrics:
             ["rule"],
             registry=r,
         )
+        self.silenced = Counter(
+            "router_silenced",
+            "Deliveries recorded as silenced instead of sent, by silence id.",
+            ["silence"],
+            registry=r,
+        )
+        self.muted = Counter(
+            "router_muted",
+            "Deliveries in a quiet-hours window, by rule and what became of them (held, dropped).",
+            ["rule", "outcome"],
+            registry=r,
+        )
+        self.released = Counter(
+            "router_held_released",
+            "Held deliveries released when their quiet-hours window ended.",
+            registry=r,
+        )
         self.digested = Counter(
             "router_digested_events",
             "Events that joined a digest group instead of notifying at once, by rule.",

@@ -9,8 +9,8 @@ doubles a job. It also flushes digest groups whose wait is over.
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -30,11 +30,20 @@ from router.outbox import (
 )
 from router.pacing import IngestPressure
 from router.plugins import Plugins
-from router.rules import Rule, RuleSet, load_rules
+from router.rules import ChannelDef, Rule, RuleSet, load_rules
 from router.sandbox import bounded
 from router.settings import Settings
+from router.silences import SilenceMatcher, compile_matchers
 from router.snapshots import entity_key, merge_snapshot, previous_event
-from router.store import DigestEntry, DueDigest, InboxEvent, NewDelivery, RoutedEvent, Store
+from router.store import (
+    DigestEntry,
+    DueDigest,
+    InboxEvent,
+    NewDelivery,
+    RoutedEvent,
+    Silence,
+    Store,
+)
 from router.templates import RenderError, Templates, template_context
 
 log = logging.getLogger(__name__)
@@ -43,6 +52,12 @@ BATCH = 64  # small enough not to hold up ingest requests for long
 LEASE_SECONDS = 60.0
 DIGEST_BATCH = 32
 DIGEST_POLL = 1.0  # digests wait minutes: looking for due groups once a second is plenty
+#: Silences are read from the store this often, so one made by ``router silence add``
+#: in another process (or by another replica) applies within about this long.
+SILENCE_POLL = 1.0
+
+#: The active silences as routing uses them: each stored silence with its matchers.
+ActiveSilences = Sequence[tuple[Silence, SilenceMatcher]]
 
 
 @dataclass
@@ -70,8 +85,14 @@ class Router:
         *,
         now: float,
         explain: bool = False,
+        silences: ActiveSilences = (),
     ) -> Decision:
-        """Route one event (``payload`` is its parsed JSON) given its entity's snapshot."""
+        """Route one event (``payload`` is its parsed JSON) given its entity's snapshot.
+
+        A delivery that an active silence selects is recorded ``silenced``; one whose
+        rule or channel is in a quiet-hours window is ``held`` until the window ends
+        (``during_mute: hold``) or ``muted`` (``drop``). A digest rule in a holding
+        window collects its events until the window ends."""
         previous = previous_event(payload, snapshot)
         ctx = MatchContext(payload, previous)
         failed: dict[str, str] = {}  # rules whose if: went over a limit
@@ -102,13 +123,17 @@ class Router:
         digests: list[DigestEntry] = []
         rendered: dict[tuple[str, str], dict[str, Any]] = {}
         for rule in fired:
-            if rule.digest is not None:
+            rule_quiet = rule.mutes.until(now) if rule.mutes else None
+            if rule.digest is not None and not (
+                rule_quiet is not None and rule.spec.during_mute == "drop"
+            ):
                 group = {path: _plain(lookup(payload, path)) for path in rule.digest.group_by}
+                due = now + rule.digest.wait
                 digests.append(
                     DigestEntry(
                         rule.name,
                         orjson.dumps(group, option=orjson.OPT_SORT_KEYS).decode(),
-                        now + rule.digest.wait,
+                        due if rule_quiet is None else max(due, rule_quiet),
                         rule.digest.max,
                     )
                 )
@@ -120,10 +145,13 @@ class Router:
                     job = NewDelivery(key, rule.name, channel, UNRENDERABLE, error, throttle)
                 else:
                     job = self._job(event, rule, channel, variables, throttle)
+                job = self._quieted(job, rule, event.name, ctx, silences, now)
                 deliveries.append(job)
                 if explain:
-                    rendered[(rule.name, channel)] = orjson.loads(job.message) | (
-                        {"error": job.error} if job.error else {}
+                    rendered[(rule.name, channel)] = (
+                        orjson.loads(job.message)
+                        | ({"error": job.error} if job.error else {})
+                        | _quiet_note(job)
                     )
         key = entity_key(payload)
         new_snapshot = None
@@ -133,6 +161,31 @@ class Router:
         return Decision(
             RoutedEvent(event, deliveries, digests, new_snapshot), fired, skipped, rendered
         )
+
+    def _quieted(
+        self,
+        job: NewDelivery,
+        rule: Rule,
+        event_name: str,
+        ctx: MatchContext,
+        silences: ActiveSilences,
+        now: float,
+    ) -> NewDelivery:
+        """The job as silences and quiet hours leave it: silenced (the first active
+        silence that selects it), muted or held, or unchanged. A job born dead stays
+        dead; a silenced or muted one takes no throttle window (it is not sent)."""
+        if job.error is not None:
+            return job
+        for silence, matcher in silences:
+            if silence.active(now) and matcher.matches(rule.name, job.channel, event_name, ctx):
+                return replace(job, state="silenced", silence=silence.id, throttle=None)
+        quiet = quiet_period(rule, self.rules.channels.get(job.channel), now)
+        if quiet is None:
+            return job
+        until, during = quiet
+        if during == "drop":
+            return replace(job, state="muted", throttle=None)
+        return replace(job, state="held", release_at=until)
 
     def _throttle(
         self, rule: Rule, variables: dict[str, Any], now: float
@@ -186,8 +239,11 @@ class Router:
         limits = self.rules.defaults.limits
         return encode_message(self.templates.render(name, variables, limits))
 
-    def digest_jobs(self, digest: DueDigest) -> list[NewDelivery]:
-        """The deliveries of a due digest group: one message listing all its events."""
+    def digest_jobs(
+        self, digest: DueDigest, *, now: float | None = None, silences: ActiveSilences = ()
+    ) -> list[NewDelivery]:
+        """The deliveries of a due digest group: one message listing all its events,
+        silenced, muted or held as its first event's deliveries would be at ``now``."""
         rule = self.rules.rule_named(digest.rule)
         if rule is None or not digest.events:
             log.warning("digest dropped: its rule is gone", extra={"rule": digest.rule})
@@ -211,10 +267,42 @@ class Router:
                 ctype = self.rules.channels[channel].type.name
                 name = self.templates.resolve_digest(rule.template, ctype)
                 message = self._render(name, {**variables, "channel": channel})
-                jobs.append(NewDelivery(key, rule.name, channel, message))
+                job = NewDelivery(key, rule.name, channel, message)
+                if now is not None:
+                    ctx = MatchContext(events[0], None)
+                    job = self._quieted(job, rule, first.name, ctx, silences, now)
+                jobs.append(job)
             except (RenderError, KeyError) as exc:
                 jobs.append(NewDelivery(key, rule.name, channel, UNRENDERABLE, str(exc)))
         return jobs
+
+
+def quiet_period(rule: Rule, channel: ChannelDef | None, now: float) -> tuple[float, str] | None:
+    """Whether a delivery of ``rule`` to ``channel`` falls in quiet hours at ``now``:
+    None, or when the quiet period ends and what happens meanwhile (``hold`` or
+    ``drop``). With both the rule and the channel quiet, ``drop`` wins over ``hold``,
+    and a hold lasts until both have ended."""
+    found = []
+    for owner in (rule, channel):
+        mutes = owner.mutes if owner is not None else None
+        until = mutes.until(now) if mutes is not None else None
+        if mutes is not None and until is not None:
+            found.append((until, mutes.during_mute))
+    if not found:
+        return None
+    during = "drop" if any(mode == "drop" for _, mode in found) else "hold"
+    return max(until for until, _ in found), during
+
+
+def _quiet_note(job: NewDelivery) -> dict[str, Any]:
+    """What ``router test`` says of a silenced, muted or held delivery."""
+    if job.state == "silenced":
+        return {"silenced": job.silence}
+    if job.state == "muted":
+        return {"muted": {"during_mute": "drop"}}
+    if job.state == "held":
+        return {"muted": {"during_mute": "hold", "until": job.release_at}}
+    return {}
 
 
 def build_router(settings: Settings, plugins: Plugins) -> Router:
@@ -257,6 +345,9 @@ class RoutingWorker:
         self._wake = asyncio.Event()
         self._digests_checked = -DIGEST_POLL  # time.monotonic() of the last full look
         self._joined_digest = False
+        self.silences: list[tuple[Silence, SilenceMatcher]] = []
+        self._silences_checked = -SILENCE_POLL
+        self._bad_silences: set[str] = set()  # logged once each
 
     def wake(self) -> None:
         """Called after events are accepted."""
@@ -268,6 +359,8 @@ class RoutingWorker:
             self._wake.clear()
             flushed = 0
             try:
+                if time.monotonic() - self._silences_checked >= SILENCE_POLL:
+                    await self.refresh_silences()
                 routed = await self.route_once()
                 # Not on every round (at a trickle of events, one more store round trip
                 # per event): when events joined a group (it may be full), or once a second.
@@ -276,6 +369,7 @@ class RoutingWorker:
                     flushed = await self.flush_digests()
                     if flushed < DIGEST_BATCH:
                         self._digests_checked = time.monotonic()
+                        flushed += await self.release_held()
             except Exception:
                 log.exception("routing batch failed; retrying in 1s")
                 await asyncio.sleep(1.0)
@@ -290,6 +384,42 @@ class RoutingWorker:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    async def refresh_silences(self) -> None:
+        """Read the active silences from the store (made by the admin API, the CLI in
+        another process, or another replica)."""
+        self._silences_checked = time.monotonic()
+        try:
+            stored = await self.store.list_silences(active_at=self.clock())
+        except Exception:
+            # Routing goes on with the silences it knew; the next look tries again.
+            log.exception("reading silences failed; keeping the last ones read")
+            return
+        found = []
+        for silence in stored:
+            try:
+                found.append((silence, compile_matchers(silence.matchers)))
+            except ValueError as exc:
+                if silence.id not in self._bad_silences:
+                    self._bad_silences.add(silence.id)
+                    log.error("silence ignored", extra={"silence": silence.id, "error": str(exc)})
+        self.silences = found
+
+    async def release_held(self) -> int:
+        """Make the held deliveries whose quiet hours ended pending; return how many."""
+        released = await self.store.release_held(now=self.clock())
+        if released:
+            self.metrics.released.inc(released)
+            log.info("held deliveries released", extra={"deliveries": released})
+        return released
+
+    def _count_quieted(self, jobs: list[NewDelivery]) -> None:
+        for job in jobs:
+            if job.state == "silenced" and job.silence is not None:
+                self.metrics.silenced.labels(job.silence).inc()
+            elif job.state in ("muted", "held"):
+                outcome = "dropped" if job.state == "muted" else "held"
+                self.metrics.muted.labels(job.rule, outcome).inc()
 
     async def route_once(self) -> int:
         """Route one batch of pending events; return how many were routed."""
@@ -331,7 +461,10 @@ class RoutingWorker:
         for event in events:
             key = keys[event.seq]
             snapshot = snapshots.get(key) if key else None
-            decision = router.decide(event, payloads[event.seq], snapshot, now=now)
+            decision = router.decide(
+                event, payloads[event.seq], snapshot, now=now, silences=self.silences
+            )
+            self._count_quieted(decision.routed.deliveries)
             if decision.routed.snapshot is not None and key:
                 snapshots[key] = orjson.loads(decision.routed.snapshot[1])
             routed.append(decision.routed)
@@ -382,8 +515,11 @@ class RoutingWorker:
         )
         router = self.router()
         for digest in due:
-            jobs = await asyncio.to_thread(router.digest_jobs, digest)
+            jobs = await asyncio.to_thread(
+                router.digest_jobs, digest, now=self.clock(), silences=self.silences
+            )
             await self.store.record_digest(digest.id, jobs, now=self.clock())
+            self._count_quieted(jobs)
             self.metrics.digests_sent.labels(digest.rule).inc()
             self._born_dead(digest.events[0].id if digest.events else "", jobs)
             log.info(

@@ -41,6 +41,7 @@ from router.config_source import (
 )
 from router.matching import MISSING, AllOf, MatchContext, PathCondition, compile_match, lookup
 from router.plugins import ChannelType
+from router.quiet_hours import DuringMute, Mutes, MuteWindow, compile_window
 from router.ratelimit import parse_rate
 from router.redact import Redactor
 from router.sandbox import (
@@ -101,6 +102,10 @@ class ChannelOptions(BaseModel):
         description="retryable failures in a row that hold the channel's deliveries while"
         " one probe at a time checks the receiver; 0: never",
     )
+    mute: list[Any] | None = Field(
+        default=None, description="quiet hours: windows, or names of windows under defaults"
+    )
+    during_mute: DuringMute = "hold"
 
 
 def parse_duration(value: Any) -> float:
@@ -163,6 +168,9 @@ class Defaults(BaseModel):
         None, description="zone every time is shown in, whatever zone the event names"
     )
     throttle: Throttle | None = None
+    windows: dict[str, MuteWindow] = Field(
+        default_factory=dict, description="named quiet-hours windows rules and channels reuse"
+    )
     redact_keys: list[str] = Field(
         default_factory=list,
         description="more JSON field names whose values are masked wherever events are"
@@ -200,6 +208,8 @@ class RuleSpec(BaseModel):
     continue_: bool = Field(True, alias="continue")
     throttle: Throttle | None = None
     digest: Digest | None = None
+    mute: list[Any] | None = None
+    during_mute: DuringMute = "hold"
 
 
 @dataclass(frozen=True)
@@ -210,6 +220,7 @@ class Rule:
     condition: AllOf
     expression: Callable[..., Any] | None
     throttle: Throttle | None
+    mutes: Mutes | None = None  # quiet hours, when the rule has ``mute:``
     limits: RenderLimits = DEFAULT_LIMITS
 
     @property
@@ -286,6 +297,7 @@ class ChannelDef:
     type: ChannelType
     options: ChannelOptions
     config: ChannelConfig
+    mutes: Mutes | None = None  # quiet hours, when the channel has ``mute:``
 
 
 def _index_key(value: Any) -> Hashable | None:
@@ -409,12 +421,55 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _compile_mutes(
+    entries: list[Any] | None,
+    during: DuringMute,
+    defaults: Defaults,
+    loc: tuple[str | int, ...],
+    source: SourceMap,
+    errors: list[ConfigError],
+) -> Mutes | None:
+    """The ``mute:`` list of a rule or channel: each entry a window, or the name of one
+    under ``defaults.windows``. None when there is no list."""
+    if entries is None:
+        return None
+    windows = []
+    for position, entry in enumerate(entries):
+        here = (*loc, "mute", position)
+        if isinstance(entry, str):
+            window = defaults.windows.get(entry)
+            if window is None:
+                known = sorted(defaults.windows)
+                errors.append(
+                    source.error(
+                        here,
+                        f"unknown mute window {entry!r}{_suggest(entry, known)};"
+                        f" named windows (defaults.windows): {', '.join(known) or 'none'}",
+                    )
+                )
+                continue
+        else:
+            try:
+                window = MuteWindow.model_validate(entry)
+            except ValidationError as exc:
+                errors.extend(errors_from_validation(exc, source, MuteWindow, here))
+                continue
+        try:
+            windows.append(compile_window(window, defaults.time_zone))
+        except (ZoneInfoNotFoundError, ValueError):
+            errors.append(
+                source.error(here, f"unknown time zone {defaults.time_zone!r} (defaults.time_zone)")
+            )
+    return Mutes(windows, during)
+
+
 def _check_channels(
     raw: Mapping[str, dict[str, Any]],
     source: SourceMap,
     channel_types: Mapping[str, ChannelType],
     errors: list[ConfigError],
     secrets: set[str],
+    defaults: Defaults,
 ) -> dict[str, ChannelDef]:
     channels: dict[str, ChannelDef] = {}
     for name, entry in raw.items():
@@ -441,7 +496,8 @@ def _check_channels(
         config = ctype.cls.Config.model_validate(
             {k: v for k, v in entry.items() if k not in HOST_KEYS}
         )
-        channels[name] = ChannelDef(name, ctype, options, config)
+        mutes = _compile_mutes(options.mute, options.during_mute, defaults, loc, source, errors)
+        channels[name] = ChannelDef(name, ctype, options, config, mutes)
         secrets.update(secret_values(config))
     return channels
 
@@ -538,8 +594,14 @@ def _compile_rule(
                 error((*loc, "throttle", "key"), f"over a limit: {problem}")
         except jinja2.TemplateError as exc:
             error((*loc, "throttle", "key"), f"invalid template: {exc}")
+    mutes = _compile_mutes(spec.mute, spec.during_mute, defaults, loc, source, errors)
     return Rule(
-        spec=spec, condition=condition, expression=expression, throttle=throttle, limits=limits
+        spec=spec,
+        condition=condition,
+        expression=expression,
+        throttle=throttle,
+        mutes=mutes,
+        limits=limits,
     )
 
 
@@ -613,7 +675,9 @@ def load_rules(
         # that can be read, so that one run shows every problem.
         errors += errors_from_validation(exc, source, RulesFile)
         parsed = _readable_parts(data)
-    channels = _check_channels(parsed.channels, source, channel_types, errors, secrets)
+    channels = _check_channels(
+        parsed.channels, source, channel_types, errors, secrets, parsed.defaults
+    )
     rules = _check_rules(parsed.rules, parsed, source, templates, errors)
     if templates is not None:
         errors.extend(_template_errors(templates, parsed.defaults.limits))
@@ -643,7 +707,16 @@ def _readable_parts(data: dict[str, Any]) -> RulesFile:
     try:
         valid_defaults = Defaults.model_validate(defaults) if defaults else Defaults()
     except ValidationError:
-        valid_defaults = Defaults()
+        # Its named windows stay known (as placeholders: the file is rejected anyway),
+        # so that a bad window is reported once, not again at every use of its name.
+        windows = defaults.get("windows") if isinstance(defaults, dict) else None
+        valid_defaults = Defaults.model_construct(
+            windows={
+                name: MuteWindow.model_construct(days=["mon"], times=None, dates=[])
+                for name in (windows if isinstance(windows, dict) else ())
+                if isinstance(name, str)
+            }
+        )
     return RulesFile.model_construct(
         version=1,
         defaults=valid_defaults,

@@ -159,6 +159,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "sqlite_only(reason): the test needs the SQLite file; run it on SQLite only",
     )
+    config.addinivalue_line(
+        "markers",
+        "container: builds and runs the container image (minutes); -m 'not container' skips",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -2,8 +2,11 @@
 
 import asyncio
 import os
+import shutil
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,3 +149,59 @@ async def test_sighup_reloads(
     await client.post("/events", json=example("course_updated"))
     [got] = await receiver.wait_for(1)
     assert got.body["rule"] == "hupped"
+
+
+def kubelet_update(directory: Path, name: str, content: str, mtime: float) -> None:
+    """What the kubelet does to a ConfigMap volume: write the files into a new hidden
+    directory, point ``..data`` at it with one rename, drop the old directory; each
+    visible name is a symlink through ``..data``."""
+    version = directory / f"..{time.time_ns()}"
+    version.mkdir()
+    (version / name).write_text(content)
+    os.utime(version / name, (mtime, mtime))
+    old = os.path.realpath(directory / "..data") if (directory / "..data").exists() else None
+    (directory / "..data_tmp").symlink_to(version.name)
+    os.replace(directory / "..data_tmp", directory / "..data")
+    if not (directory / name).is_symlink():
+        (directory / "link_tmp").symlink_to(f"..data/{name}")
+        os.replace(directory / "link_tmp", directory / name)
+    if old:
+        shutil.rmtree(old)
+
+
+async def test_a_configmap_update_reloads(
+    service: ServiceFactory, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    client = await service(two_rules(receiver.url), reload_poll=0.1)
+    rules = tmp_path / "rules.yaml"
+    text, mtime = rules.read_text(), rules.stat().st_mtime
+
+    async def reloaded(after: float | None, within: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            status = (await (await client.get("/readyz")).json())["rules_reload"]
+            if status["at"] is not None and status["at"] != after:
+                return status
+            await asyncio.sleep(0.05)
+        return None
+
+    # The same file behind the ConfigMap's symlinks, swapped in again until a reload
+    # shows the watcher has its first look (it takes it as the service starts). Each
+    # swap keeps size and mtime: only the symlink swap tells.
+    first = None
+    for _ in range(20):
+        kubelet_update(tmp_path, "rules.yaml", text, mtime)
+        if first := await reloaded(None, within=1.0):
+            break
+    assert first is not None, "no reload after a ConfigMap update"
+    kubelet_update(tmp_path, "rules.yaml", text.replace("name: updates", "name: renamed"), mtime)
+    # A reload of an earlier swap may still land first: wait for the new rules to show.
+    deadline = time.monotonic() + 10.0
+    while "renamed" not in await (await client.get("/")).text():
+        assert time.monotonic() < deadline, "the updated rules never loaded"
+        await asyncio.sleep(0.05)
+    status = (await (await client.get("/readyz")).json())["rules_reload"]
+    assert status["ok"] and status["trigger"] == "file change"
+    await client.post("/events", json=example("course_updated"))
+    [got] = await receiver.wait_for(1)
+    assert got.body["rule"] == "renamed"

@@ -165,6 +165,8 @@ async def test_a_store_from_before_the_state_check_rewrite_is_migrated(
             ("new", "pending"),
         ]
         assert_state_checks_are_cheap_and_hold(conn)
+        for state in ("silenced", "muted", "held"):  # the states of silences, quiet hours
+            conn.execute("UPDATE deliveries SET state = ?", (state,))
 
 
 def test_a_build_that_forbids_editing_the_schema_keeps_the_old_checks(tmp_path: Path) -> None:

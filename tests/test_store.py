@@ -12,7 +12,15 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from router.store import DigestEntry, InboxEvent, NewDelivery, RoutedEvent, Store, open_store
+from router.store import (
+    DigestEntry,
+    InboxEvent,
+    NewDelivery,
+    RoutedEvent,
+    Silence,
+    Store,
+    open_store,
+)
 from tests.conftest import StoreDB
 
 
@@ -478,3 +486,110 @@ async def test_held_deliveries_keep_their_attempts_and_a_release_makes_retries_d
     assert detail is not None
     record = detail.record
     assert (record.attempts, record.last_error, record.state) == (1, "HTTP 503", "pending")
+
+
+# -- silences and quiet hours ------------------------------------------------------------
+
+
+async def test_silenced_muted_and_held_deliveries(store: Store) -> None:
+    now = time.time()
+    await accept(store, "a", "b", "c", now=now)
+    a, b, c = await store.claim_events(10, lease=30, now=now)
+    await store.record_routing(
+        [
+            routed(a, NewDelivery("a:r:x", "r", "x", b"{}", state="silenced", silence="s1")),
+            routed(b, NewDelivery("b:r:x", "r", "x", b"{}", state="muted")),
+            routed(c, NewDelivery("c:r:x", "r", "x", b"{}", state="held", release_at=now + 60)),
+        ],
+        now=now,
+    )
+    [silenced] = await store.list_deliveries(state="silenced")
+    assert (silenced.key, silenced.silence) == ("a:r:x", "s1")
+    assert [d.key for d in await store.list_deliveries(state="muted")] == ["b:r:x"]
+    [held] = await store.list_deliveries(state="held")
+    assert held.next_attempt_at == at(now + 60)  # its release time
+    counts = await store.counts()
+    assert (counts.deliveries_pending, counts.dead) == (0, 0)
+    # Nothing of these is claimed, not even once the held one's time has come...
+    assert await store.claim_deliveries("x", 10, lease=30, now=now + 61) == []
+    assert await store.next_due(["x"]) is None
+    # ...until it is released, and then only it.
+    assert await store.release_held(now=now + 59) == 0
+    assert await store.release_held(now=now + 61) == 1
+    [job] = await store.claim_deliveries("x", 10, lease=30, now=now + 61)
+    assert job.key == "c:r:x"
+    # Silenced and muted deliveries are replayed like dead letters, keeping their keys.
+    assert await store.replay(None, now=now + 62) == 0  # dead ones by default: none
+    assert await store.replay([silenced.id], now=now + 62, state="silenced") == 1
+    assert await store.replay(None, now=now + 62, state="muted", rule="r") == 1
+    jobs = await store.claim_deliveries("x", 10, lease=30, now=now + 62)
+    assert sorted(job.key for job in jobs) == ["a:r:x", "b:r:x"]
+    [replayed] = [d for d in await store.list_deliveries(state="pending") if d.key == "a:r:x"]
+    assert replayed.silence is None
+    with pytest.raises(ValueError, match="cannot replay"):
+        await store.replay(None, now=now, state="pending")
+
+
+async def test_silences_are_stored_listed_and_expired(db_url: str) -> None:
+    now = time.time()
+    first = open_store(db_url)
+    await first.open()
+    try:
+        await first.add_silence(
+            Silence("old", {"rule": "r"}, now - 100, now - 50, "ann", "over", now - 100)
+        )
+        await first.add_silence(
+            Silence("now", {"channel": "slack-*"}, now - 10, now + 3600, "bob", "term", now - 10)
+        )
+        await first.add_silence(
+            Silence("later", {"event": "course_*"}, now + 600, now + 900, "cy", "", now - 5)
+        )
+    finally:
+        await first.close()
+    store = open_store(db_url)  # they survive a restart
+    await store.open()
+    try:
+        assert [s.id for s in await store.list_silences()] == ["later", "now", "old"]
+        [active] = await store.list_silences(active_at=now)
+        assert active == Silence(
+            "now", {"channel": "slack-*"}, at(now - 10), at(now + 3600), "bob", "term", at(now - 10)
+        )
+        assert [s.id for s in await store.list_silences(active_at=now + 700)] == ["later", "now"]
+        expired = await store.expire_silence("now", now=now + 1)
+        assert expired is not None and expired.ends_at == at(now + 1)
+        assert await store.list_silences(active_at=now + 2) == []
+        # Expiring again, or one that ended already, keeps its end.
+        assert (await store.expire_silence("old", now=now + 2)).ends_at == at(now - 50)  # type: ignore[union-attr]
+        assert await store.expire_silence("nope", now=now) is None
+    finally:
+        await store.close()
+
+
+async def test_stored_events_for_the_history_preview(store: Store) -> None:
+    now = time.time()
+    await accept(store, "old", now=now - 100)
+    await accept(store, "a", "a", "b", now=now)
+    events = await store.stored_events(since=now - 10, limit=10)
+    assert [(e.id, e.payload) for e in events] == [("a", b'{"id": "a"}'), ("b", b'{"id": "b"}')]
+    assert [e.id for e in await store.stored_events(since=0, limit=2)] == ["old", "a"]
+
+
+async def test_purge_takes_the_state_it_is_given_and_only_it(store: Store) -> None:
+    now = time.time()
+    await accept(store, "a", "b", "c", now=now)
+    a, b, c = await store.claim_events(10, lease=30, now=now)
+    await store.record_routing(
+        [
+            routed(a, NewDelivery("a:r:x", "r", "x", b"{}", state="silenced", silence="s")),
+            routed(b, NewDelivery("b:r:x", "r", "x", b"{}", state="muted")),
+            routed(c, NewDelivery("c:r:x", "r", "x", b"{}", error="broke")),
+        ],
+        now=now,
+    )
+    assert await store.purge(None, state="silenced") == 1
+    assert await store.list_deliveries(state="silenced") == []
+    assert [d.key for d in await store.list_deliveries()] == ["c:r:x", "b:r:x"]
+    assert await store.purge(None) == 1  # dead letters by default
+    assert [d.state for d in await store.list_deliveries()] == ["muted"]
+    with pytest.raises(ValueError, match="cannot purge"):
+        await store.purge(None, state="held")

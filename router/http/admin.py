@@ -1,5 +1,5 @@
-"""The admin API under ``/-/`` (only when ``ROUTER_ADMIN_TOKEN`` is set): deliveries and
-the dead-letter queue. Who may call it is ``router/http/auth.py``; what the queries
+"""The admin API under ``/-/`` (only when ``ROUTER_ADMIN_TOKEN`` is set): deliveries,
+the dead-letter queue and silences. Who may call it is ``router/http/auth.py``; what the queries
 mean is ``router/delivery_queries.py``, shared with the CLI.
 """
 
@@ -20,8 +20,9 @@ from router.delivery_queries import (
     record_dict,
 )
 from router.http.auth import FORM_TYPES, BadForm, read_form
-from router.http.keys import DISPATCHER, LIVE, STORE
+from router.http.keys import DISPATCHER, LIVE, ROUTING, STORE
 from router.redact import Redactor
+from router.silence_requests import new_silence, silence_dict
 from router.store.base import DeliveryState
 
 __all__ = ["setup_admin_routes"]
@@ -121,12 +122,17 @@ async def _selector(request: web.Request) -> tuple[Selector, bool]:
 
 
 async def post_replay(request: web.Request) -> web.Response:
-    """``POST /-/dlq/replay``: requeue dead letters (same idempotency keys)."""
+    """``POST /-/dlq/replay``: requeue dead letters (same idempotency keys); with
+    ``"state": "silenced"`` or ``"muted"``, those deliveries instead."""
     try:
         selector, form = await _selector(request)
     except BadQuery as exc:
         return _bad(exc)
-    count = await request.app[STORE].replay(now=time.time(), **selector.store_args())
+    count = await request.app[STORE].replay(
+        now=time.time(),
+        state=selector.state,  # type: ignore[arg-type]
+        **selector.store_args(),
+    )
     if count:
         request.app[DISPATCHER].wake()
     if form:  # the status page: back to it, saying what happened
@@ -135,15 +141,79 @@ async def post_replay(request: web.Request) -> web.Response:
 
 
 async def post_purge(request: web.Request) -> web.Response:
-    """``POST /-/dlq/purge``: delete dead letters."""
+    """``POST /-/dlq/purge``: delete dead letters (``"state": "silenced"`` or ``"muted"``:
+    those deliveries instead)."""
     try:
         selector, form = await _selector(request)
     except BadQuery as exc:
         return _bad(exc)
-    count = await request.app[STORE].purge(**selector.store_args())
+    count = await request.app[STORE].purge(
+        state=selector.state,  # type: ignore[arg-type]
+        **selector.store_args(),
+    )
     if form:
         raise web.HTTPSeeOther(f"/?purged={count}")
     return _json({"purged": count})
+
+
+async def _fields(request: web.Request) -> tuple[dict[str, Any], bool]:
+    """A request's fields (a JSON object, or an HTML form), and whether it was a form."""
+    if request.content_type in FORM_TYPES:
+        form = await request.post()
+        return {key: form.get(key) for key in form}, True
+    try:
+        body = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise BadQuery(f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadQuery("body must be a JSON object")
+    return body, False
+
+
+async def get_silences(request: web.Request) -> web.Response:
+    """``GET /-/silences`` (active ones; ``?all=1``: every silence), newest first."""
+    now = time.time()
+    everything = request.query.get("all", "").lower() in ("1", "true", "yes")
+    found = await request.app[STORE].list_silences(active_at=None if everything else now)
+    return _json({"silences": [silence_dict(s, now) for s in found]})
+
+
+async def post_silence(request: web.Request) -> web.Response:
+    """``POST /-/silences``: ``{"rule": "course-completed", "for": "2h", "comment": ...}``
+    (matchers ``rule``, ``channel``, ``event``, ``match``; ``for`` or ``ends_at``;
+    ``starts_at``, ``author``, ``comment``). Answers 201 with the silence and its id."""
+    try:
+        data, form = await _fields(request)
+        if form and isinstance(data.get("match"), str) and data["match"].strip():
+            try:
+                data["match"] = orjson.loads(data["match"])
+            except orjson.JSONDecodeError as exc:
+                raise BadQuery(f"match: not JSON: {exc}") from None
+        data.setdefault("author", "status page" if form else "admin API")
+        made = new_silence(data)
+    except BadQuery as exc:
+        return _bad(exc)
+    await request.app[STORE].add_silence(made)
+    await request.app[ROUTING].refresh_silences()
+    if form:
+        raise web.HTTPSeeOther(f"/?silenced={made.id}")
+    return _json(silence_dict(made, time.time()), status=201)
+
+
+async def post_expire_silence(request: web.Request) -> web.Response:
+    """``POST /-/silences/{id}/expire``: end a silence now."""
+    silence_id = request.match_info["id"]
+    try:
+        _, form = await _fields(request)
+    except BadQuery as exc:
+        return _bad(exc)
+    ended = await request.app[STORE].expire_silence(silence_id, now=time.time())
+    if ended is None:
+        return _json({"error": f"no silence {silence_id}"}, status=404)
+    await request.app[ROUTING].refresh_silences()
+    if form:
+        raise web.HTTPSeeOther(f"/?expired={silence_id}")
+    return _json(silence_dict(ended, time.time()))
 
 
 def setup_admin_routes(app: web.Application, guard: Any) -> None:
@@ -153,3 +223,6 @@ def setup_admin_routes(app: web.Application, guard: Any) -> None:
     app.router.add_get("/-/dlq/{id}", guard(get_dead_letter))
     app.router.add_post("/-/dlq/replay", guard(post_replay))
     app.router.add_post("/-/dlq/purge", guard(post_purge))
+    app.router.add_get("/-/silences", guard(get_silences))
+    app.router.add_post("/-/silences", guard(post_silence))
+    app.router.add_post("/-/silences/{id}/expire", guard(post_expire_silence))

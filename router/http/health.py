@@ -1,11 +1,13 @@
 """``GET /healthz`` (the process is alive) and ``GET /readyz`` (ready to accept)."""
 
 import asyncio
+import time
 
 from aiohttp import web
 
 from router.http.ingest import problem
 from router.http.keys import DRAINING, LIVE, RELOAD, STORE, STORE_HEALTH
+from router.silences import describe
 
 __all__ = ["healthz", "readyz"]
 
@@ -20,8 +22,10 @@ async def readyz(request: web.Request) -> web.Response:
     app = request.app
     if app[DRAINING].is_set():
         return problem(503, "draining", state="draining")
+    now = time.time()
     try:
         counts = await asyncio.wait_for(app[STORE].counts(), timeout=5)
+        silences = await asyncio.wait_for(app[STORE].list_silences(active_at=now), timeout=5)
     except Exception as exc:
         return problem(503, f"store unreachable: {type(exc).__name__}", state="unready")
     failing = app[STORE_HEALTH].problem()
@@ -35,5 +39,9 @@ async def readyz(request: web.Request) -> web.Response:
             "events_pending": counts.events_pending,
             "deliveries_pending": counts.deliveries_pending,
             "dead_letters": counts.dead,
+            "silences": [
+                {"id": s.id, "matches": describe(s.matchers), "ends_at": s.ends_at}
+                for s in silences
+            ],
         }
     )

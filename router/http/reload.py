@@ -28,7 +28,7 @@ async def reload_now(app: web.Application, trigger: str) -> ReloadStatus:
     )
 
 
-def _fingerprint(rules: Path, templates: Path) -> tuple[tuple[str, float, int], ...]:
+def _fingerprint(rules: Path, templates: Path) -> tuple[tuple[str, float, int, int], ...]:
     paths = [rules, *sorted(templates.rglob("*"))] if templates.is_dir() else [rules]
     found = []
     for path in paths:
@@ -36,7 +36,10 @@ def _fingerprint(rules: Path, templates: Path) -> tuple[tuple[str, float, int], 
             stat = path.stat()
         except OSError:
             continue
-        found.append((str(path), stat.st_mtime, stat.st_size))
+        # The inode too: a Kubernetes ConfigMap volume updates by pointing a symlink
+        # at a new directory, and a copy that keeps mtimes (cp -p, rsync -a) can leave
+        # size and mtime as they were.
+        found.append((str(path), stat.st_mtime, stat.st_size, stat.st_ino))
     return tuple(found)
 
 

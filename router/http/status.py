@@ -19,6 +19,7 @@ import jinja2
 from aiohttp import web
 
 from router import __version__
+from router.history import preview
 from router.http.auth import (
     COOKIE,
     SESSION_SECONDS,
@@ -38,11 +39,16 @@ from router.http.keys import (
     SETTINGS,
     STORE,
 )
+from router.silences import describe
 
 __all__ = ["status_page"]
 
 RECENT_EVENTS = 20
 DEAD_LETTERS = 50
+LISTED = 50  # held and silenced deliveries shown
+#: The preview of the loaded rules reads at most this many of the last day's events
+#: (the page is built on every load).
+PREVIEW_EVENTS = 2000
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -210,6 +216,42 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
             }
         )
 
+    silenced_by = {
+        key[0]: value for key, value in metrics.by_label("router_silenced_total", "silence").items()
+    }
+    silences = [
+        {
+            "id": s.id,
+            "matches": describe(s.matchers),
+            "ends_at": s.ends_at,
+            "author": s.author,
+            "comment": s.comment,
+            "silenced": silenced_by.get(s.id, 0.0),
+        }
+        for s in await store.list_silences(active_at=now)
+    ]
+    held = await store.list_deliveries(state="held", limit=LISTED)
+    held.sort(key=lambda d: d.next_attempt_at)
+    silenced = await store.list_deliveries(state="silenced", limit=LISTED)
+
+    day_ago = now - 86400
+    stored = await store.stored_events(since=day_ago, limit=PREVIEW_EVENTS + 1)
+    tried = preview(app[LIVE].router, stored[:PREVIEW_EVENTS], since=day_ago)
+    history = {
+        "events": tried.events,
+        "truncated": len(stored) > PREVIEW_EVENTS,
+        "rows": [
+            {
+                "rule": rule,
+                "channel": channel,
+                "sent": count,
+                "throttled": tried.throttled[(rule, channel)],
+                "muted": tried.muted[(rule, channel)],
+            }
+            for (rule, channel), count in sorted(tried.sent.items())
+        ],
+    }
+
     events = await store.recent_events(RECENT_EVENTS)
     reload = app[RELOAD]
     flash = []
@@ -217,6 +259,10 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
         value = request.query.get(key, "")
         if value.isdigit():
             flash.append(f"{verb} {int(value)} dead letter(s).")
+    for key, verb in (("silenced", "Added silence"), ("expired", "Expired silence")):
+        value = request.query.get(key, "")
+        if value.isalnum():
+            flash.append(f"{verb} {value}.")
     plugins = app[PLUGINS]
     return {
         "now": now,
@@ -244,4 +290,8 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
         "admin_api": app[SETTINGS].admin_token is not None,
         "csrf": csrf,
         "flash": flash,
+        "silences": silences,
+        "held": held,
+        "silenced": silenced,
+        "history": history,
     }

@@ -9,9 +9,13 @@ thread, a fifth of that thread's work per delivery.
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-DeliveryState = Literal["pending", "delivered", "logged", "dead"]
+DeliveryState = Literal["pending", "delivered", "logged", "dead", "silenced", "muted", "held"]
+"""``silenced``: a silence matched it (``silence`` names which); ``muted``: its rule or
+channel was in a quiet-hours window with ``during_mute: drop``; ``held``: in such a
+window with ``during_mute: hold``, pending again at its ``next_attempt_at``. Silenced
+and muted deliveries are not sent, and are replayable like dead letters."""
 
 
 @dataclass(slots=True)
@@ -48,6 +52,9 @@ class NewDelivery:
     message: bytes
     error: str | None = None
     throttle: tuple[str, float] | None = None
+    state: DeliveryState = "pending"  # or silenced, muted, held (never throttled)
+    silence: str | None = None  # the id of the silence that matched (state silenced)
+    release_at: float | None = None  # when a held delivery becomes pending
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,27 @@ class DeliveryRecord:
     next_attempt_at: float
     last_error: str | None
     event_name: str = ""
+    silence: str | None = None  # the silence that matched a silenced delivery
+
+
+@dataclass(frozen=True)
+class Silence:
+    """A silence: while ``starts_at <= now < ends_at``, deliveries its ``matchers``
+    select are recorded as ``silenced`` instead of being sent. ``matchers`` is the
+    JSON of ``router.silences.Matchers`` (rule, channel, event globs and field
+    conditions)."""
+
+    id: str
+    matchers: dict[str, Any]
+    starts_at: float
+    ends_at: float
+    author: str
+    comment: str
+    created_at: float
+
+    def active(self, now: float) -> bool:
+        """Whether the silence applies at ``now``."""
+        return self.starts_at <= now < self.ends_at
 
 
 @dataclass(frozen=True)
@@ -266,10 +294,11 @@ class Store(Protocol):
         channel: str | None = None,
         rule: str | None = None,
         since: float | None = None,
+        state: DeliveryState = "dead",
     ) -> int:
-        """Put dead deliveries back in the queue (all of them when ids is None; the
-        filters narrow either), keeping their idempotency keys. Returns how many were
-        requeued."""
+        """Put dead deliveries (or, with ``state``, silenced or muted ones) back in the
+        queue (all of them when ids is None; the filters narrow either), keeping their
+        idempotency keys. Returns how many were requeued."""
 
     async def purge(
         self,
@@ -278,8 +307,27 @@ class Store(Protocol):
         channel: str | None = None,
         rule: str | None = None,
         since: float | None = None,
+        state: DeliveryState = "dead",
     ) -> int:
-        """Delete dead deliveries, selected as by ``replay``. Returns how many."""
+        """Delete dead (or silenced, or muted) deliveries, selected as by ``replay``.
+        Returns how many."""
+
+    async def release_held(self, *, now: float) -> int:
+        """Make held deliveries whose release time has come pending (due now); return
+        how many."""
+
+    async def add_silence(self, silence: Silence) -> None:
+        """Store a new silence."""
+
+    async def list_silences(self, *, active_at: float | None = None) -> list[Silence]:
+        """Silences, newest first; with ``active_at``, only those active then."""
+
+    async def expire_silence(self, silence_id: str, *, now: float) -> Silence | None:
+        """End a silence now (one that ended already keeps its end); None if unknown."""
+
+    async def stored_events(self, *, since: float, limit: int) -> list[InboxEvent]:
+        """Up to ``limit`` stored events received at or after ``since`` that have a
+        payload (not duplicates), oldest first. Reads only: safe while a server runs."""
 
     async def subscribe(
         self, callback: Callable[[str], None]

@@ -18,6 +18,7 @@ from router.store.base import DigestEntry, NewDelivery
 __all__ = [
     "DELIVERY_STATES",
     "FINISHED_STATES",
+    "REPLAYABLE_STATES",
     "DeliveryFilter",
     "DigestGroup",
     "ThrottleVerdicts",
@@ -27,11 +28,28 @@ __all__ = [
     "digest_joins",
     "event_expired",
     "join_digest",
+    "next_attempt",
+    "stored_state",
     "throttle_expired",
     "throttle_keys",
 ]
 
-DELIVERY_STATES = ("pending", "delivered", "logged", "dead")
+DELIVERY_STATES = ("pending", "delivered", "logged", "dead", "silenced", "muted", "held")
+#: The states a replay puts back in the queue: dead letters, and deliveries a silence
+#: or a quiet-hours window with ``during_mute: drop`` kept from being sent.
+REPLAYABLE_STATES = ("dead", "silenced", "muted")
+
+
+def stored_state(delivery: NewDelivery) -> str:
+    """The state a new delivery is created in: dead when it could not be rendered,
+    else the state routing gave it (pending, silenced, muted, held)."""
+    return "dead" if delivery.error else delivery.state
+
+
+def next_attempt(delivery: NewDelivery, now: float) -> float:
+    """When a new delivery is first due: now, or a held one's release time."""
+    return delivery.release_at if delivery.release_at is not None else now
+
 
 # -- throttles ---------------------------------------------------------------------------
 

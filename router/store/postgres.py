@@ -53,6 +53,7 @@ at their next poll. Polling still works without it.
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -78,6 +79,7 @@ from router.store.base import (
     NewDelivery,
     Pruned,
     RoutedEvent,
+    Silence,
     StoreCounts,
     log_schema_change,
 )
@@ -181,6 +183,25 @@ MIGRATIONS: list[str] = [
     CREATE INDEX digest_events_by_event ON digest_events (event_seq);
     CREATE INDEX digests_sent ON digests (opened_at) WHERE state = 'sent';
     CREATE INDEX throttles_until ON throttles (until);
+    """,
+    # v3: silences and quiet hours: three more delivery states (silenced, muted, held),
+    # the silence that matched a delivery, and the silences themselves.
+    """
+    ALTER TABLE deliveries DROP CONSTRAINT deliveries_state_check;
+    ALTER TABLE deliveries ADD CONSTRAINT deliveries_state_check CHECK (state IN
+        ('pending', 'delivered', 'logged', 'dead', 'silenced', 'muted', 'held'));
+    ALTER TABLE deliveries ADD COLUMN silence_id TEXT;
+    CREATE INDEX deliveries_held ON deliveries (next_attempt_at) WHERE state = 'held';
+    CREATE TABLE silences (
+        id TEXT PRIMARY KEY,
+        matchers TEXT NOT NULL,
+        starts_at DOUBLE PRECISION NOT NULL,
+        ends_at DOUBLE PRECISION NOT NULL,
+        author TEXT NOT NULL,
+        comment TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX silences_by_end ON silences (ends_at);
     """,
 ]
 
@@ -303,13 +324,32 @@ ORDER BY c.next_attempt_at, c.id
 
 _INSERT_DELIVERIES = """
 INSERT INTO deliveries (key, event_seq, rule, channel, message, state, created_at,
-                        updated_at, next_attempt_at, last_error)
-SELECT t.key, t.event_seq, t.rule, t.channel, t.message,
-       CASE WHEN t.error IS NULL THEN 'pending' ELSE 'dead' END, $7, $7, $7, t.error
-FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bytea[], $6::text[])
-     WITH ORDINALITY AS t(key, event_seq, rule, channel, message, error, ord)
+                        updated_at, next_attempt_at, last_error, silence_id)
+SELECT t.key, t.event_seq, t.rule, t.channel, t.message, t.state, $7, $7, t.due, t.error,
+       t.silence
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bytea[], $6::text[],
+            $8::text[], $9::float8[], $10::text[])
+     WITH ORDINALITY AS t(key, event_seq, rule, channel, message, error, state, due, silence,
+                          ord)
 ORDER BY t.ord
 """
+
+
+def _insert_args(jobs: list[tuple[int, NewDelivery]], now: float) -> list[Any]:
+    """The arguments of ``_INSERT_DELIVERIES`` for ``(event seq, delivery)`` pairs."""
+    return [
+        [d.key for _, d in jobs],
+        [seq for seq, _ in jobs],
+        [d.rule for _, d in jobs],
+        [d.channel for _, d in jobs],
+        [d.message for _, d in jobs],
+        [d.error for _, d in jobs],
+        now,
+        [policies.stored_state(d) for _, d in jobs],
+        [policies.next_attempt(d, now) for _, d in jobs],
+        [d.silence for _, d in jobs],
+    ]
+
 
 # Lock every throttle key of a batch (creating missing ones as "window closed") in
 # key order, and read where their windows end.
@@ -353,8 +393,9 @@ ON CONFLICT DO NOTHING
 # The columns of a DeliveryRecord, in order (deliveries d joined with events e).
 _RECORD = (
     "d.id, d.key, e.id, d.rule, d.channel, d.state, d.attempts, d.created_at,"
-    " d.updated_at, d.next_attempt_at, d.last_error, e.name"
+    " d.updated_at, d.next_attempt_at, d.last_error, e.name, d.silence_id"
 )
+_SILENCE = "id, matchers, starts_at, ends_at, author, comment, created_at"
 
 _UPSERT_SNAPSHOTS = """
 INSERT INTO snapshots (entity, body, updated_at)
@@ -619,16 +660,7 @@ class PostgresStore:
             verdicts = await _decide_throttles(conn, batch, now)
             jobs = verdicts.kept
             if jobs:
-                await conn.execute(
-                    _INSERT_DELIVERIES,
-                    [d.key for _, d in jobs],
-                    [seq for seq, _ in jobs],
-                    [d.rule for _, d in jobs],
-                    [d.channel for _, d in jobs],
-                    [d.message for _, d in jobs],
-                    [d.error for _, d in jobs],
-                    now,
-                )
+                await conn.execute(_INSERT_DELIVERIES, *_insert_args(jobs, now))
             entries = [(item.event.seq, entry) for item in todo for entry in item.digests]
             if entries:
                 await _join_digests(conn, entries, now)
@@ -640,7 +672,7 @@ class PostgresStore:
                 await conn.execute(
                     _UPSERT_SNAPSHOTS, entities, [snapshots[e] for e in entities], now
                 )
-            if any(d.error is None for _, d in jobs):
+            if any(policies.stored_state(d) == "pending" for _, d in jobs):
                 await self._notify(conn, DELIVERIES)
         return verdicts.suppressed
 
@@ -674,14 +706,7 @@ class PostgresStore:
             if first is None or first[0] is None or not deliveries:
                 return  # sent already (by a replica that took over), or empty
             await conn.execute(
-                _INSERT_DELIVERIES,
-                [d.key for d in deliveries],
-                [first[0]] * len(deliveries),
-                [d.rule for d in deliveries],
-                [d.channel for d in deliveries],
-                [d.message for d in deliveries],
-                [d.error for d in deliveries],
-                now,
+                _INSERT_DELIVERIES, *_insert_args([(first[0], d) for d in deliveries], now)
             )
             await self._notify(conn, DELIVERIES)
 
@@ -796,16 +821,20 @@ class PostgresStore:
         channel: str | None = None,
         rule: str | None = None,
         since: float | None = None,
+        state: DeliveryState = "dead",
     ) -> int:
+        if state not in policies.REPLAYABLE_STATES:
+            raise ValueError(f"cannot replay {state} deliveries")
         where, args = _where(
             policies.DeliveryFilter(
-                state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
+                state=state, ids=delivery_ids, channel=channel, rule=rule, since=since
             ),
             first=2,
         )
         async with self._acquire() as conn, conn.transaction():
             status = await conn.execute(
-                "UPDATE deliveries d SET state = 'pending', attempts = 0, next_attempt_at = $1,"
+                "UPDATE deliveries d SET state = 'pending', attempts = 0, silence_id = NULL,"
+                " next_attempt_at = $1,"
                 f" updated_at = $1, lease_until = NULL, leased_by = NULL WHERE {where}",
                 now,
                 *args,
@@ -822,14 +851,80 @@ class PostgresStore:
         channel: str | None = None,
         rule: str | None = None,
         since: float | None = None,
+        state: DeliveryState = "dead",
     ) -> int:
+        if state not in policies.REPLAYABLE_STATES:
+            raise ValueError(f"cannot purge {state} deliveries")
         where, args = _where(
             policies.DeliveryFilter(
-                state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
+                state=state, ids=delivery_ids, channel=channel, rule=rule, since=since
             )
         )
         async with self._acquire() as conn:
             return _rowcount(await conn.execute(f"DELETE FROM deliveries d WHERE {where}", *args))
+
+    async def release_held(self, *, now: float) -> int:
+        async with self._acquire() as conn, conn.transaction():
+            count = _rowcount(
+                await conn.execute(
+                    "UPDATE deliveries SET state = 'pending', updated_at = $1"
+                    " WHERE state = 'held' AND next_attempt_at <= $1",
+                    now,
+                )
+            )
+            if count:
+                await self._notify(conn, DELIVERIES)
+        return count
+
+    # -- silences -------------------------------------------------------------------------
+
+    async def add_silence(self, silence: Silence) -> None:
+        async with self._acquire() as conn:
+            await conn.execute(
+                f"INSERT INTO silences ({_SILENCE}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                silence.id,
+                json.dumps(silence.matchers, sort_keys=True),
+                silence.starts_at,
+                silence.ends_at,
+                silence.author,
+                silence.comment,
+                silence.created_at,
+            )
+
+    async def list_silences(self, *, active_at: float | None = None) -> list[Silence]:
+        async with self._acquire() as conn:
+            if active_at is None:
+                rows = await conn.fetch(
+                    f"SELECT {_SILENCE} FROM silences ORDER BY created_at DESC, id"
+                )
+            else:
+                rows = await conn.fetch(
+                    f"SELECT {_SILENCE} FROM silences WHERE ends_at > $1 AND starts_at <= $1"
+                    " ORDER BY created_at DESC, id",
+                    active_at,
+                )
+        return [_silence(row) for row in rows]
+
+    async def expire_silence(self, silence_id: str, *, now: float) -> Silence | None:
+        async with self._acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE silences SET ends_at = $2 WHERE id = $1 AND ends_at > $2",
+                silence_id,
+                now,
+            )
+            row = await conn.fetchrow(f"SELECT {_SILENCE} FROM silences WHERE id = $1", silence_id)
+        return None if row is None else _silence(row)
+
+    async def stored_events(self, *, since: float, limit: int) -> list[InboxEvent]:
+        async with self._acquire() as conn, conn.transaction(readonly=True):
+            rows = await conn.fetch(
+                "SELECT e.seq, e.id, e.name, p.payload, e.received_at FROM events e"
+                " JOIN event_payloads p ON p.seq = e.seq"
+                " WHERE e.received_at >= $1 AND e.state <> 'duplicate' ORDER BY e.seq LIMIT $2",
+                since,
+                limit,
+            )
+        return [InboxEvent(*row) for row in rows]
 
     async def counts(self) -> StoreCounts:
         async with self._acquire() as conn:
@@ -1003,6 +1098,10 @@ async def _join_digests(
         members.extend([digest_id] * len(joining))
         seqs.extend(seq for seq, _ in joining)
     await conn.execute(_WRITE_DIGESTS, ids, sizes, due, maxima, members, seqs)
+
+
+def _silence(row: Any) -> Silence:
+    return Silence(row[0], json.loads(row[1]), *row[2:])
 
 
 def _rowcount(status: str) -> int:

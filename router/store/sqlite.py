@@ -34,6 +34,7 @@ from router.store.base import (
     NewDelivery,
     Pruned,
     RoutedEvent,
+    Silence,
     StoreCounts,
     StoreOpenError,
     log_schema_change,
@@ -82,6 +83,38 @@ def _state_checks_as_comparisons(conn: sqlite3.Connection) -> None:
     finally:
         conn.execute("PRAGMA writable_schema=OFF")
         conn.execute("RELEASE state_checks")
+
+
+def _more_delivery_states(conn: sqlite3.Connection) -> None:
+    """Let deliveries be silenced, muted or held. SQLite cannot alter a CHECK, so the
+    table's definition is edited in place as ``_state_checks_as_comparisons`` does
+    (allowed: the new constraint admits every row the old one did). Either form of the
+    old check (the list, or the comparisons) is replaced."""
+    old_states = _STATE_CHECKS["deliveries"]
+    new_states = policies.DELIVERY_STATES
+    listed = ", ".join(f"'{state}'" for state in old_states)
+    compared = " OR ".join(f"state = '{state}'" for state in old_states)
+    wanted = "CHECK (" + " OR ".join(f"state = '{state}'" for state in new_states) + ")"
+    version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    conn.execute("PRAGMA writable_schema=ON")
+    try:
+        for old in (f"CHECK (state IN ({listed}))", f"CHECK ({compared})"):
+            conn.execute(
+                "UPDATE sqlite_master SET sql = replace(sql, ?, ?)"
+                " WHERE type = 'table' AND name = 'deliveries'",
+                (old, wanted),
+            )
+        conn.execute(f"PRAGMA schema_version={version + 1}")
+    finally:
+        conn.execute("PRAGMA writable_schema=OFF")
+    (sql,) = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'"
+    ).fetchone()
+    if wanted not in sql:
+        raise sqlite3.DatabaseError(
+            "cannot add the delivery states silenced, muted and held to this store"
+            " (its schema cannot be edited): copy its data to a new store"
+        )
 
 
 MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
@@ -165,6 +198,22 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     CREATE UNIQUE INDEX digests_open ON digests (rule, group_key)
         WHERE state = 'open' AND sealed = 0
     """,
+    # Silences and quiet hours: three more delivery states, the silence that matched.
+    _more_delivery_states,
+    """
+    ALTER TABLE deliveries ADD COLUMN silence_id TEXT;
+    CREATE INDEX deliveries_held ON deliveries (next_attempt_at) WHERE state = 'held';
+    CREATE TABLE silences (
+        id TEXT PRIMARY KEY,
+        matchers TEXT NOT NULL,
+        starts_at REAL NOT NULL,
+        ends_at REAL NOT NULL,
+        author TEXT NOT NULL,
+        comment TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX silences_by_end ON silences (ends_at)
+    """,
 ]
 
 _STATE_INDEX = {
@@ -175,8 +224,9 @@ _STATE_INDEX = {
 # The columns of a DeliveryRecord, in order (deliveries d joined with events e).
 _RECORD = (
     "d.id, d.key, e.id, d.rule, d.channel, d.state, d.attempts, d.created_at,"
-    " d.updated_at, d.next_attempt_at, d.last_error, e.name"
+    " d.updated_at, d.next_attempt_at, d.last_error, e.name, d.silence_id"
 )
+_SILENCE = "id, matchers, starts_at, ends_at, author, comment, created_at"
 
 
 @contextlib.contextmanager
@@ -612,15 +662,19 @@ class SqliteStore:
         channel: str | None = None,
         rule: str | None = None,
         since: float | None = None,
+        state: DeliveryState = "dead",
     ) -> int:
+        if state not in policies.REPLAYABLE_STATES:
+            raise ValueError(f"cannot replay {state} deliveries")
+
         def op(conn: sqlite3.Connection) -> int:
             where, args = _where(
                 policies.DeliveryFilter(
-                    state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
+                    state=state, ids=delivery_ids, channel=channel, rule=rule, since=since
                 )
             )
             return conn.execute(
-                "UPDATE deliveries AS d SET state = 'pending', attempts = 0,"
+                "UPDATE deliveries AS d SET state = 'pending', attempts = 0, silence_id = NULL,"
                 f" next_attempt_at = ?, updated_at = ? WHERE {where}",
                 [now, now, *args],
             ).rowcount
@@ -634,14 +688,86 @@ class SqliteStore:
         channel: str | None = None,
         rule: str | None = None,
         since: float | None = None,
+        state: DeliveryState = "dead",
     ) -> int:
+        if state not in policies.REPLAYABLE_STATES:
+            raise ValueError(f"cannot purge {state} deliveries")
+
         def op(conn: sqlite3.Connection) -> int:
             where, args = _where(
                 policies.DeliveryFilter(
-                    state="dead", ids=delivery_ids, channel=channel, rule=rule, since=since
+                    state=state, ids=delivery_ids, channel=channel, rule=rule, since=since
                 )
             )
             return conn.execute(f"DELETE FROM deliveries AS d WHERE {where}", args).rowcount
+
+        return await self._call(op)
+
+    async def release_held(self, *, now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE deliveries SET state = 'pending', updated_at = ?"
+                " WHERE state = 'held' AND next_attempt_at <= ?",
+                (now, now),
+            ).rowcount
+
+        return await self._call(op)
+
+    # -- silences -----------------------------------------------------------------------
+
+    async def add_silence(self, silence: Silence) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO silences ({_SILENCE}) VALUES (?,?,?,?,?,?,?)",
+                (
+                    silence.id,
+                    json.dumps(silence.matchers, sort_keys=True),
+                    silence.starts_at,
+                    silence.ends_at,
+                    silence.author,
+                    silence.comment,
+                    silence.created_at,
+                ),
+            )
+
+        await self._call(op)
+
+    async def list_silences(self, *, active_at: float | None = None) -> list[Silence]:
+        def op(conn: sqlite3.Connection) -> list[Silence]:
+            if active_at is None:
+                rows = conn.execute(f"SELECT {_SILENCE} FROM silences ORDER BY created_at DESC, id")
+            else:
+                rows = conn.execute(
+                    f"SELECT {_SILENCE} FROM silences WHERE ends_at > ? AND starts_at <= ?"
+                    " ORDER BY created_at DESC, id",
+                    (active_at, active_at),
+                )
+            return [_silence(row) for row in rows]
+
+        return await self._call(op)
+
+    async def expire_silence(self, silence_id: str, *, now: float) -> Silence | None:
+        def op(conn: sqlite3.Connection) -> Silence | None:
+            conn.execute(
+                "UPDATE silences SET ends_at = ? WHERE id = ? AND ends_at > ?",
+                (now, silence_id, now),
+            )
+            row = conn.execute(
+                f"SELECT {_SILENCE} FROM silences WHERE id = ?", (silence_id,)
+            ).fetchone()
+            return None if row is None else _silence(row)
+
+        return await self._call(op)
+
+    async def stored_events(self, *, since: float, limit: int) -> list[InboxEvent]:
+        def op(conn: sqlite3.Connection) -> list[InboxEvent]:
+            rows = conn.execute(
+                "SELECT e.seq, e.id, e.name, p.payload, e.received_at FROM events e"
+                " JOIN event_payloads p ON p.seq = e.seq"
+                " WHERE e.received_at >= ? AND e.state != 'duplicate' ORDER BY e.seq LIMIT ?",
+                (since, limit),
+            ).fetchall()
+            return [InboxEvent(*row) for row in rows]
 
         return await self._call(op)
 
@@ -760,6 +886,10 @@ class SqliteStore:
         return await self._call(op)
 
 
+def _silence(row: tuple[Any, ...]) -> Silence:
+    return Silence(row[0], json.loads(row[1]), *row[2:])
+
+
 def _first(
     rows: sqlite3.Cursor, expired: Callable[[tuple[Any, ...]], bool], limit: int
 ) -> list[Any]:
@@ -814,7 +944,8 @@ def _insert_deliveries(
     """Create delivery jobs, ``(event seq, delivery)``; one with an error is born dead."""
     conn.executemany(
         "INSERT INTO deliveries (key, event_seq, rule, channel, message, state, created_at,"
-        " updated_at, next_attempt_at, last_error) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        " updated_at, next_attempt_at, last_error, silence_id)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         [
             (
                 d.key,
@@ -822,11 +953,12 @@ def _insert_deliveries(
                 d.rule,
                 d.channel,
                 d.message,
-                "dead" if d.error else "pending",
+                policies.stored_state(d),
                 now,
                 now,
-                now,
+                policies.next_attempt(d, now),
                 d.error,
+                d.silence,
             )
             for event_seq, d in jobs
         ],
