@@ -159,7 +159,10 @@ async def post_purge(request: web.Request) -> web.Response:
 async def _fields(request: web.Request) -> tuple[dict[str, Any], bool]:
     """A request's fields (a JSON object, or an HTML form), and whether it was a form."""
     if request.content_type in FORM_TYPES:
-        form = await request.post()
+        try:
+            form = await read_form(request)
+        except BadForm as exc:
+            raise BadQuery(str(exc)) from None
         return {key: form.get(key) for key in form}, True
     try:
         body = orjson.loads(await request.read() or b"{}")

@@ -77,6 +77,37 @@ _SELECTOR = {
     },
 }
 _ADMIN = [{"bearer": []}, {"session": []}]
+_SILENCE = {
+    "type": "object",
+    "required": ["id", "state", "matchers", "starts_at", "ends_at"],
+    "properties": {
+        "id": {"type": "string"},
+        "state": {"type": "string", "enum": ["active", "pending", "expired"]},
+        "matchers": {"type": "object"},
+        "matches": {"type": "string"},
+        "starts_at": {"type": "string", "description": "ISO 8601, UTC"},
+        "ends_at": {"type": "string"},
+        "author": {"type": "string", "nullable": True},
+        "comment": {"type": "string", "nullable": True},
+        "created_at": {"type": "string"},
+    },
+}
+_NEW_SILENCE = {
+    "type": "object",
+    "description": "matchers (rule, channel, event, match), for or ends_at, starts_at,"
+    " author, comment",
+    "properties": {
+        "rule": {"type": "string"},
+        "channel": {"type": "string"},
+        "event": {"type": "string"},
+        "match": {"type": "object"},
+        "for": {"type": "string", "example": "2h"},
+        "starts_at": {"type": "string"},
+        "ends_at": {"type": "string"},
+        "author": {"type": "string"},
+        "comment": {"type": "string"},
+    },
+}
 _UNAUTHORIZED = _error("missing or wrong admin token")
 _EVENT = {
     "type": "object",
@@ -352,6 +383,51 @@ def openapi() -> dict[str, Any]:
                         "303": redirect,
                         "400": _error("no selector, or a malformed one"),
                         "401": _UNAUTHORIZED,
+                    },
+                }
+            },
+            "/-/silences": {
+                "get": {
+                    "summary": "Active silences (?all=1: every silence), newest first",
+                    "security": _ADMIN,
+                    "parameters": [{"name": "all", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["silences"],
+                                "properties": {"silences": {"type": "array", "items": _SILENCE}},
+                            },
+                            "the silences",
+                        ),
+                        "401": _UNAUTHORIZED,
+                    },
+                },
+                "post": {
+                    "summary": "Silence the deliveries a set of matchers selects, for a while",
+                    "security": _ADMIN,
+                    "requestBody": {"content": {"application/json": {"schema": _NEW_SILENCE}}},
+                    "responses": {
+                        "201": _json(_SILENCE, "the new silence"),
+                        "303": redirect,
+                        "400": _error("no matcher, no end, or a malformed field"),
+                        "401": _UNAUTHORIZED,
+                    },
+                },
+            },
+            "/-/silences/{id}/expire": {
+                "post": {
+                    "summary": "End a silence now",
+                    "security": _ADMIN,
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": _json(_SILENCE, "the silence, ended"),
+                        "303": redirect,
+                        "400": _error("a malformed body"),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("no such silence"),
                     },
                 }
             },
