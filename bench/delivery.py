@@ -64,7 +64,7 @@ version: 1
 channels:
   bench-hook:
     type: webhook
-    url: "{url}"
+    url: "{url}/router"
     concurrency: {concurrency}
     timeout: 10
 rules:
@@ -179,8 +179,13 @@ def bench_events(n: int) -> list[dict[str, Any]]:
 # -- router -------------------------------------------------------------------------
 
 
-async def run_router(n: int, concurrency: int, url: str, timeout: float) -> dict[str, Any]:
-    """Route N events into pending deliveries, then time the dispatcher delivering them."""
+async def run_router(
+    n: int, concurrency: int, url: str, timeout: float, rules_template: str = RULES
+) -> dict[str, Any]:
+    """Route N events into pending deliveries, then time the dispatcher delivering them.
+
+    ``rules_template`` (formatted with the receiver's ``url`` and ``concurrency``) names
+    one channel, ``bench-hook`` by default; ``bench.chat`` passes its chat channels."""
     from router.dispatch import Dispatcher, RetryPolicy, close_channels, open_channels
     from router.events import canonical_json, event_identity
     from router.hookspecs import hookimpl
@@ -206,7 +211,7 @@ async def run_router(n: int, concurrency: int, url: str, timeout: float) -> dict
     with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp:
         workdir = Path(tmp)
         rules = workdir / "rules.yaml"
-        rules.write_text(RULES.format(url=f"{url}/router", concurrency=concurrency))
+        rules.write_text(rules_template.format(url=url, concurrency=concurrency))
         db = workdir / "router.db"
         settings = Settings(rules=rules, templates=ROOT / "templates", db=str(db))
         plugins = load_plugins(extra=[Watch()], blocked=["email", "slack"])

@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--db", type=Path, help="SQLite file (default: a fresh temp file)")
     args = parser.parse_args()
     db = args.db or Path(tempfile.mkdtemp(prefix="bench-floor-")) / "floor.db"
-    sys.setswitchinterval(0.002)  # as `router serve` sets it (see bench/README.md)
+    sys.setswitchinterval(0.002)  # as `router serve` sets it (see bench/NOTES.md)
 
     async def start_writer(app: web.Application) -> None:
         app[WRITER] = Writer(db, asyncio.get_running_loop())

@@ -23,8 +23,8 @@ from router.testing import event, run_router
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "plugins.md"
-EXAMPLE_MARKER = "# router_teams.py"
-TEST_MARKER = "# tests/test_teams.py"
+EXAMPLE_MARKER = "# router_gotify.py"
+TEST_MARKER = "# tests/test_gotify.py"
 
 
 def hook_specs() -> dict[str, Any]:
@@ -91,14 +91,14 @@ def _in_source_order() -> list[tuple[str, Any]]:
 def test_example_plugin_is_complete_and_short() -> None:
     code = block_starting(EXAMPLE_MARKER)
     assert len(code.splitlines()) <= 45
-    compile(code, "router_teams.py", "exec")
+    compile(code, "router_gotify.py", "exec")
 
 
 # -- the example plugin, loaded from the guide, in a real router ---------------------
 
 
-class FakeTeams:
-    """A Teams-style webhook receiver on 127.0.0.1 with scripted answers."""
+class FakeGotify:
+    """A Gotify server's POST /message on 127.0.0.1, with scripted answers."""
 
     def __init__(self) -> None:
         self.received: list[Any] = []
@@ -115,8 +115,8 @@ class FakeTeams:
 
 
 @pytest.fixture
-async def teams() -> AsyncIterator[FakeTeams]:
-    fake = FakeTeams()
+async def gotify() -> AsyncIterator[FakeGotify]:
+    fake = FakeGotify()
     app = web.Application()
     app.router.add_post("/webhook", fake.handle)
     runner = web.AppRunner(app, access_log=None)
@@ -131,28 +131,28 @@ async def teams() -> AsyncIterator[FakeTeams]:
 def plugins_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "plugins"
     directory.mkdir()
-    (directory / "router_teams.py").write_text(block_starting(EXAMPLE_MARKER))
+    (directory / "router_gotify.py").write_text(block_starting(EXAMPLE_MARKER))
     return directory
 
 
-def teams_rules(url: str) -> str:
+def gotify_rules(url: str) -> str:
     return f"""
         version: 1
         channels:
-          ops: {{type: teams, url: "{url}", timeout: 5}}
+          ops: {{type: gotify, url: "{url}", timeout: 5}}
         rules:
           - {{name: all, events: ["*"], notify: [ops]}}
     """
 
 
-async def test_guide_example_plugin_delivers(teams: FakeTeams, plugins_dir: Path) -> None:
-    async with run_router(teams_rules(teams.url), plugins_dir=plugins_dir) as router:
-        [info] = [i for i in router.plugins.infos if i.name == "router_teams"]
+async def test_guide_example_plugin_delivers(gotify: FakeGotify, plugins_dir: Path) -> None:
+    async with run_router(gotify_rules(gotify.url), plugins_dir=plugins_dir) as router:
+        [info] = [i for i in router.plugins.infos if i.name == "router_gotify"]
         assert info.hooks == ("register_channels",)
         await router.send(event("course_created", {"name": "Physics 101"}))
         [delivery] = await router.wait_until_settled()
     assert (delivery.state, delivery.attempts) == ("delivered", 1)
-    assert teams.received == [{"title": "Course created: Physics 101", "text": delivery.text}]
+    assert gotify.received == [{"title": "Course created: Physics 101", "message": delivery.text}]
 
 
 @pytest.mark.parametrize(
@@ -163,22 +163,22 @@ async def test_guide_example_plugin_delivers(teams: FakeTeams, plugins_dir: Path
     ],
 )
 async def test_guide_example_plugin_retries_and_dead_letters(
-    teams: FakeTeams,
+    gotify: FakeGotify,
     plugins_dir: Path,
     answers: list[tuple[int, dict[str, str]]],
     state: str,
     attempts: int,
     error: str | None,
 ) -> None:
-    teams.script.extend(answers)
-    async with run_router(teams_rules(teams.url), plugins_dir=plugins_dir) as router:
+    gotify.script.extend(answers)
+    async with run_router(gotify_rules(gotify.url), plugins_dir=plugins_dir) as router:
         await router.send(event("course_created", {"name": "Physics 101"}))
         [delivery] = await router.wait_until_settled()
     assert (delivery.state, delivery.attempts, delivery.last_error) == (state, attempts, error)
 
 
 async def test_guide_example_plugin_without_url_logs(plugins_dir: Path) -> None:
-    async with run_router(teams_rules(""), plugins_dir=plugins_dir) as router:
+    async with run_router(gotify_rules(""), plugins_dir=plugins_dir) as router:
         await router.send(event("course_created", {"name": "Physics 101"}))
         [delivery] = await router.wait_until_settled()
     assert delivery.state == "logged"
@@ -211,7 +211,7 @@ def test_guide_validate_output_is_real(
 def test_guide_pyproject_builds_and_installs_the_testing_extra() -> None:
     project = tomllib.loads(block_starting("[build-system]"))
     assert project["build-system"]["build-backend"] == "hatchling.build"
-    assert project["project"]["entry-points"]["router"] == {"teams": "router_teams"}
+    assert project["project"]["entry-points"]["router"] == {"gotify": "router_gotify"}
     assert project["project"]["optional-dependencies"]["test"] == ["router[testing]"]
     ours = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     testing = {re.split(r"[<>=\[]", req)[0] for req in ours["optional-dependencies"]["testing"]}
@@ -257,7 +257,7 @@ def test_guide_plugin_test_passes(plugins_dir: Path, tmp_path: Path) -> None:
     """The guide's example test file, run by pytest against the guide's plugin."""
     project = tmp_path / "project"
     (project / "tests").mkdir(parents=True)
-    (project / "tests" / "test_teams.py").write_text(block_starting(TEST_MARKER))
+    (project / "tests" / "test_gotify.py").write_text(block_starting(TEST_MARKER))
     # The guide's pyproject.toml, as copied: its pytest settings run the test.
     (project / "pyproject.toml").write_text(block_starting("[build-system]"))
     result = subprocess.run(
