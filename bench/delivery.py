@@ -190,7 +190,6 @@ async def run_router(
     from router.events import canonical_json, event_identity
     from router.hookspecs import hookimpl
     from router.plugins import load_plugins
-    from router.redact import Redactor
     from router.routing import RoutingWorker, build_router
     from router.settings import Settings
     from router.store import open_store
@@ -238,7 +237,7 @@ async def run_router(
                 raise Broken(f"router: {pending} deliveries pending after routing, expected {n}")
 
             policy = RetryPolicy(max_attempts=3, base=0.1, cap=1.0)
-            dispatcher = Dispatcher(store, plugins, policy, lambda: Redactor(router.rules.secrets))
+            dispatcher = Dispatcher(store, plugins, policy, lambda: router.rules.redactor())
             dispatcher.channels = await open_channels(router.rules.channels)
             started, cpu_before = time.perf_counter(), process_cpu()
             task = asyncio.create_task(dispatcher.run(), name="bench-dispatcher")

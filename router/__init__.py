@@ -20,6 +20,7 @@ from router.channels import (
     retry_after_seconds,
 )
 from router.hookspecs import hookimpl
+from router.sandbox import BoundedSandbox, LimitExceeded, RenderLimits, bounded
 from router.sources import (
     BadRequest,
     IngestUnavailable,
@@ -35,21 +36,25 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadRequest",
+    "BoundedSandbox",
     "Channel",
     "ChannelConfig",
     "DeliveryError",
     "DeliveryOutcome",
     "IngestUnavailable",
     "InvalidEvents",
+    "LimitExceeded",
     "Message",
     "ParsedEvent",
     "PermanentError",
+    "RenderLimits",
     "RetryableError",
     "Source",
     "SourceConfig",
     "SourceHost",
     "Submitted",
     "__version__",
+    "bounded",
     "hookimpl",
     "retry_after_seconds",
 ]

@@ -112,6 +112,10 @@ def serve(**options: Any) -> None:
       ROUTER_BACKOFF_BASE (1 s)  ROUTER_BACKOFF_CAP (600 s)  ROUTER_SHUTDOWN_GRACE (10 s)
       ROUTER_SQLITE_SYNCHRONOUS (FULL|NORMAL)  ROUTER_PLUGINS_BLOCK (JSON list)
       ROUTER_BACKGROUND_SHARE (0.1) CPU share of routing/delivery during an ingest burst
+      ROUTER_READ_TIMEOUT (30 s) to send a request's head, then its body (else closed/408)
+      ROUTER_RELOAD_TIMEOUT (30 s) before a reload still validating is abandoned
+      ROUTER_PUBLIC_URL      where people reach the router; https:// makes the status
+                             page's session cookie Secure behind a TLS proxy
       ROUTER_TRACE_PLUGINS=1 logs every hook call
     """
     settings = settings_from_options(**options)
@@ -150,6 +154,9 @@ def serve(**options: Any) -> None:
                 host=settings.host,
                 port=settings.port,
                 shutdown_timeout=settings.shutdown_grace,
+                # A connection that sends no complete request head in this time is closed
+                # (aiohttp arms this timer when the connection opens): no slowloris.
+                keepalive_timeout=settings.read_timeout,
                 access_log=None,
                 # aiohttp's banner comes once the port is bound: say what runs then,
                 # not before a taken port or a served store ends it.
@@ -169,7 +176,7 @@ def serve(**options: Any) -> None:
 def _startup_summary(settings: Settings, app: web.Application) -> None:
     """Say what is about to run: one structured log line, and for a person reading a
     terminal (text logs) the same as a readable block."""
-    update_redactor(Redactor(app[LIVE].router.rules.secrets))
+    update_redactor(app[LIVE].router.rules.redactor())
     summary = startup_summary(settings, app)
     use_json = settings.log_format == "json" or (
         settings.log_format == "auto" and not sys.stderr.isatty()
@@ -229,7 +236,7 @@ def startup_summary(settings: Settings, app: web.Application) -> dict[str, str]:
             else " (off: ROUTER_RETENTION_INTERVAL=0)"
         ),
     }
-    return {key: Redactor(rules.secrets)(value) for key, value in summary.items()}
+    return {key: rules.redactor()(value) for key, value in summary.items()}
 
 
 def _store_name(db: str) -> str:

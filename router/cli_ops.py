@@ -77,7 +77,7 @@ def _redactor(db: str | None) -> Redactor:
         logging.disable(logging.CRITICAL)  # a broken plugin is not this command's topic
         try:
             plugins = load_plugins(plugins_dir=settings.plugins_dir, blocked=settings.plugins_block)
-            return Redactor(build_router(settings, plugins).rules.secrets)
+            return build_router(settings, plugins).rules.redactor()
         finally:
             logging.disable(logging.NOTSET)
     except Exception:

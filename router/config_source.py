@@ -87,13 +87,66 @@ def _pos(mark: yaml.Mark) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1)
 
 
+#: Limits of a config file: its size, the values it holds once every alias is expanded
+#: (a "billion laughs" file is small and expands to billions), and how deep it nests.
+MAX_YAML_BYTES = 4 * 1024 * 1024
+MAX_YAML_VALUES = 200_000
+MAX_YAML_DEPTH = 64
+
+
+def _check_bounds(text: str, file: str) -> None:
+    """Walk the parser's events (no recursion, nothing built) and refuse a document
+    over the limits, at the line where it goes over. Syntax errors are left to the
+    parse that follows."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_YAML_BYTES:
+        message = f"the file is {size} bytes, over the limit of {MAX_YAML_BYTES}"
+        raise ConfigErrors([ConfigError(file, 1, 1, "", message)])
+    parser = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    values = 0
+    sizes: dict[str, int] = {}  # anchor -> values under it, itself included
+    open_: list[tuple[str | None, int]] = []  # collections being read: anchor, start
+    try:
+        while parser.check_event():
+            event = parser.get_event()
+            problem = None
+            if isinstance(event, yaml.AliasEvent):
+                values += sizes.get(event.anchor, 1)
+            elif isinstance(event, yaml.ScalarEvent):
+                values += 1
+                if event.anchor:
+                    sizes[event.anchor] = 1
+            elif isinstance(event, yaml.CollectionStartEvent):
+                values += 1
+                open_.append((event.anchor, values))
+                if len(open_) > MAX_YAML_DEPTH:
+                    problem = f"nested more than {MAX_YAML_DEPTH} levels deep"
+            elif isinstance(event, yaml.CollectionEndEvent) and open_:
+                anchor, start = open_.pop()
+                if anchor:
+                    sizes[anchor] = values - start + 1
+            if values > MAX_YAML_VALUES:
+                problem = (
+                    f"more than {MAX_YAML_VALUES} values once aliases are expanded (an alias bomb?)"
+                )
+            if problem:
+                raise ConfigErrors([ConfigError(file, *_pos(event.start_mark), "", problem)])
+    except yaml.YAMLError:
+        return  # the parse reports it, at its position
+    finally:
+        parser.dispose()
+
+
 def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
     """Parse one YAML document with ``yaml.SafeLoader`` semantics, recording positions.
 
     Every mapping key and value and every sequence item gets an entry in the returned
     :class:`SourceMap`. Raises :class:`ConfigErrors` for syntax errors (at the problem's
-    position) and for duplicate keys within one mapping.
+    position), for duplicate keys within one mapping, and for a document over the
+    limits (``MAX_YAML_BYTES``, ``MAX_YAML_VALUES`` with aliases expanded,
+    ``MAX_YAML_DEPTH``).
     """
+    _check_bounds(text, file)
     source = SourceMap(file)
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)  # libyaml when available
     errors: list[ConfigError] = []
@@ -146,6 +199,12 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
         if exc.context and exc.problem:
             message += f" ({exc.context})"
         line, col = _pos(mark) if mark else (1, 1)
+        raise ConfigErrors([ConfigError(file, line, col, "", message)]) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow
+        before = text[: exc.position]
+        line, col = before.count("\n") + 1, len(before) - before.rfind("\n")
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        message = f"character U+{ord(char):04X} is not allowed in YAML"
         raise ConfigErrors([ConfigError(file, line, col, "", message)]) from None
     finally:
         loader.dispose()

@@ -140,13 +140,20 @@ class Selector:
                 ids = [int(i) for i in ids]
             except (TypeError, ValueError):
                 raise BadQuery("ids must be a list of delivery ids (numbers)") from None
+            if not all(0 <= i < 2**63 for i in ids):  # the stores' integer range
+                raise BadQuery("ids must be a list of delivery ids (numbers)")
         everything = data.get("all", False)
         if isinstance(everything, str):
             everything = everything.lower() in ("1", "true", "yes", "on")
+        if not isinstance(everything, bool):
+            raise BadQuery("all must be true or false")
+        for name in ("channel", "rule"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise BadQuery(f"{name} must be a string")
         since = data.get("since")
         selector = cls(
             ids,
-            all=bool(everything),
+            all=everything,
             channel=data.get("channel") or None,
             rule=data.get("rule") or None,
             since=None if since in (None, "") else parse_since(str(since), now=now),
@@ -185,14 +192,9 @@ def record_dict(record: DeliveryRecord, redact: Redactor) -> dict[str, Any]:
 
 
 def redact_tree(value: Any, redact: Redactor) -> Any:
-    """Every string in a JSON value redacted (Canvas URLs carry ``access_token=``)."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, list):
-        return [redact_tree(item, redact) for item in value]
-    if isinstance(value, dict):
-        return {key: redact_tree(item, redact) for key, item in value.items()}
-    return value
+    """Every string in a JSON value redacted (Canvas URLs carry ``access_token=``), and
+    every field named like a credential (``access_token``, ``password``...) masked."""
+    return redact.tree(value)
 
 
 def loads_redacted(data: bytes | None, redact: Redactor) -> Any:

@@ -2,6 +2,8 @@
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,7 +11,7 @@ import orjson
 
 from router.redact import Redactor
 
-__all__ = ["JsonFormatter", "RedactingFilter", "setup_logging"]
+__all__ = ["JsonFormatter", "RedactingFilter", "RepeatFilter", "setup_logging"]
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 _REDACTED_TYPES = (str, dict, list)  # a tuple: ``str | dict | list`` is rebuilt per call
@@ -38,11 +40,38 @@ class RedactingFilter(logging.Filter):
         channel shows); everything else as it is."""
         if isinstance(value, str):
             return self.redactor(value)
-        if isinstance(value, dict):
-            return {key: self._redact(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [self._redact(item) for item in value]
-        return value
+        return self.redactor.tree(value)  # credential-named fields masked too
+
+
+class RepeatFilter(logging.Filter):
+    """The same warning or error (same logger, level and text) at most once per
+    ``window`` seconds: a failing disk refuses every request, and the log that says so
+    must not fill what is left of it. The next one let through says how many were
+    dropped (``repeated``). Info and debug records always pass."""
+
+    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window = window
+        self.clock = clock
+        self._seen: dict[tuple[str, int, str], list[float | int]] = {}  # -> [since, dropped]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, record.getMessage())
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.window:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.repeated = seen[1]
+        if len(self._seen) >= 1000:  # bounded: messages can carry any text
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window}
+            if len(self._seen) >= 1000:
+                self._seen.clear()
+        self._seen[key] = [now, 0]
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -81,6 +110,7 @@ def setup_logging(level: str, fmt: str, redactor: Redactor) -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     handler.addFilter(RedactingFilter(redactor))
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -51,6 +51,7 @@ LATENCY_BUCKETS = (
 REJECT_REASONS = {
     400: "bad_json",
     401: "unauthorized",
+    408: "read_timeout",
     413: "too_large",
     415: "unsupported_type",
     422: "invalid",

@@ -2,13 +2,16 @@
 
 A ``Redactor`` knows the secret values the rules file pulled from the environment
 and recognises the usual credential shapes (``access_token=`` in Canvas URLs,
-``Authorization: Bearer``, ``password=``), replacing them with ``***``.
+``Authorization: Bearer``, ``password=``), replacing them with ``***``. In JSON (an
+event, a stored message) it also masks the whole value of every field whose name says
+it holds a credential (``REDACT_KEYS``, plus the rules file's ``defaults.redact_keys``).
 """
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["MASK", "Redactor"]
+__all__ = ["MASK", "REDACT_KEYS", "Redactor"]
 
 MASK = "***"
 
@@ -22,6 +25,27 @@ _PATTERNS = re.compile(
 )
 
 
+#: Field names (compared without case) whose values are credentials wherever they appear.
+REDACT_KEYS = frozenset(
+    {
+        "access_token",
+        "api_key",
+        "apikey",
+        "authorization",
+        "client_secret",
+        "cookie",
+        "id_token",
+        "passwd",
+        "password",
+        "private_key",
+        "refresh_token",
+        "secret",
+        "session_token",
+        "token",
+    }
+)
+
+
 def _mask(match: re.Match[str]) -> str:
     prefix = next(group for group in match.groups() if group is not None)
     return prefix + MASK
@@ -30,9 +54,28 @@ def _mask(match: re.Match[str]) -> str:
 class Redactor:
     """Replace known secret values and credential-looking substrings with ``***``."""
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, secrets: Iterable[str] = (), keys: Iterable[str] = ()) -> None:
         # Longest first, so a secret containing another is masked whole.
         self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self.keys = REDACT_KEYS | {key.lower() for key in keys}
+
+    def tree(self, value: Any) -> Any:
+        """A JSON value with every string redacted and the value of every field named
+        like a credential (``self.keys``) masked whole."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {
+                key: (
+                    MASK
+                    if isinstance(key, str) and key.lower() in self.keys and item is not None
+                    else self.tree(item)
+                )
+                for key, item in value.items()
+            }
+        if isinstance(value, list):
+            return [self.tree(item) for item in value]
+        return value
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from router.config_source import ConfigError, ConfigErrors
 from router.dispatch import ChannelRuntime, Dispatcher, close_channels, open_channels
 from router.logs import update_redactor
-from router.redact import Redactor
 from router.routing import Router
 from router.rules import UNKNOWN_CHANNEL_TYPE
 from router.source_manager import SourceManager
@@ -78,7 +77,7 @@ async def swap(live: Live, dispatcher: Dispatcher, router: Router) -> "asyncio.T
     fresh = await open_channels({n: d for n, d in router.rules.channels.items() if n not in kept})
     dispatcher.channels = {**kept, **fresh}
     live.router = router
-    update_redactor(Redactor(router.rules.secrets))
+    update_redactor(router.rules.redactor())
     retired = {n: r for n, r in old.items() if n not in kept}
     return asyncio.get_running_loop().create_task(_retire(retired))
 
@@ -90,15 +89,25 @@ async def reload_rules(
     build: Callable[[], Router],
     trigger: str,
     sources: SourceManager | None = None,
+    give_up_after: float | None = None,
 ) -> ReloadStatus:
     """Validate the rules file and templates again (``build``, run in a thread) and, if
-    they are good, ``swap`` them in. Records the outcome in ``status`` and returns it."""
+    they are good, ``swap`` them in. Records the outcome in ``status`` and returns it.
+    A ``build`` that runs past ``give_up_after`` seconds is abandoned (its thread finishes
+    on its own: every step of it is bounded) and the running rules stay."""
     async with status.lock:
         try:
-            router = await asyncio.to_thread(build)
-        except ConfigErrors as exc:
+            router = await asyncio.wait_for(asyncio.to_thread(build), give_up_after)
+        except (ConfigErrors, TimeoutError) as exc:
+            if isinstance(exc, ConfigErrors):
+                errors = [_reload_error(e) for e in exc.errors]
+            else:
+                errors = [
+                    f"reload abandoned: validating the files took longer than"
+                    f" reload_timeout ({give_up_after:g}s)"
+                ]
             status.at, status.trigger = time.time(), trigger
-            status.ok, status.errors = False, [_reload_error(e) for e in exc.errors]
+            status.ok, status.errors = False, errors
             status.failed += 1
             for error in status.errors:
                 log.error("rules reload rejected: %s", error, extra={"trigger": trigger})

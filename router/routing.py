@@ -35,6 +35,7 @@ from router.outbox import (
 from router.pacing import IngestPressure
 from router.plugins import Plugins
 from router.rules import ChannelDef, Rule, RuleSet, load_rules
+from router.sandbox import bounded
 from router.settings import Settings
 from router.silences import SilenceMatcher, compile_matchers
 from router.snapshots import entity_key, merge_snapshot, previous_event
@@ -104,7 +105,8 @@ class Router:
         canvas = canvas or Enrichment()
         values = canvas.values
         ctx = MatchContext({**payload, **values} if values else payload, previous, values)
-        fired = self.rules.evaluate(event.name, ctx)
+        failed: dict[str, str] = {}  # rules whose if: went over a limit
+        fired = self.rules.evaluate(event.name, ctx, failed)
         skipped = {}
         if explain:
             selecting = self.rules.selecting(event.name)
@@ -154,7 +156,10 @@ class Router:
             throttle = self._throttle(rule, variables, now)
             people = self._recipients(event, rule, canvas)
             for channel in rule.notify:
-                if people is None:
+                if rule.name in failed:  # its if: went over a limit: born dead
+                    key, error = delivery_key(event.id, rule.name, channel), failed[rule.name]
+                    jobs = [NewDelivery(key, rule.name, channel, UNRENDERABLE, error, throttle)]
+                elif people is None:
                     jobs = [
                         self._job(event, rule, channel, variables, throttle, template_key, canvas)
                     ]
@@ -223,7 +228,8 @@ class Router:
         key = ""
         if rule.throttle.key:
             try:
-                key = self.templates.env.from_string(rule.throttle.key).render(variables)
+                with bounded(self.rules.defaults.limits):
+                    key = self.templates.env.from_string(rule.throttle.key).render(variables)
             except Exception as exc:
                 log.warning(
                     "throttle key failed to render", extra={"rule": rule.name, "error": str(exc)}
@@ -295,7 +301,7 @@ class Router:
         canvas: Enrichment | None = None,
         recipient: dict[str, Any] | None = None,
     ) -> bytes:
-        rendered = self.templates.render(name, variables)
+        rendered = self.templates.render(name, variables, self.rules.defaults.limits)
         if rule is None or canvas is None or not rule.enrich:
             return encode_message(rendered, recipient=recipient)
         # What the rule fetched is stored with the message (a list it fans out to is
@@ -582,6 +588,31 @@ class RoutingWorker:
         snapshots: dict[str, dict[str, Any] | None] = {
             k: orjson.loads(v) for k, v in stored.items()
         }
+        # Rules and templates run in a worker thread: however long a render takes (up
+        # to its render_timeout), the event loop keeps answering requests meanwhile.
+        routed = await asyncio.to_thread(
+            self._decide, router, events, payloads, keys, snapshots, enriched
+        )
+        suppressed = await self.store.record_routing(routed, now=self.clock())
+        worked = time.perf_counter() - started  # store round trips included: see pacing
+        for rule in suppressed:
+            self.metrics.throttled.labels(rule).inc()
+            log.info("delivery throttled", extra={"rule": rule})
+        throttled = set(suppressed)
+        for item in routed:
+            self._born_dead(item.event.id, item.deliveries, throttled)
+        await self.pressure.give_way(worked)
+        return len(events)
+
+    def _decide(
+        self,
+        router: Router,
+        events: list[InboxEvent],
+        payloads: dict[int, dict[str, Any]],
+        keys: dict[int, str | None],
+        snapshots: dict[str, dict[str, Any] | None],
+        enriched: dict[int, Enrichment],
+    ) -> list[RoutedEvent]:
         routed = []
         now = self.clock()
         for event in events:
@@ -612,16 +643,7 @@ class RoutingWorker:
                     "rules": [r.name for r in decision.fired],
                 },
             )
-        suppressed = await self.store.record_routing(routed, now=self.clock())
-        worked = time.perf_counter() - started  # store round trips included: see pacing
-        for rule in suppressed:
-            self.metrics.throttled.labels(rule).inc()
-            log.info("delivery throttled", extra={"rule": rule})
-        throttled = set(suppressed)
-        for item in routed:
-            self._born_dead(item.event.id, item.deliveries, throttled)
-        await self.pressure.give_way(worked)
-        return len(events)
+        return routed
 
     def _born_dead(
         self, event_id: str, jobs: list[NewDelivery], suppressed: Collection[str] = ()
@@ -655,7 +677,9 @@ class RoutingWorker:
         )
         router = self.router()
         for digest in due:
-            jobs = router.digest_jobs(digest, now=self.clock(), silences=self.silences)
+            jobs = await asyncio.to_thread(
+                router.digest_jobs, digest, now=self.clock(), silences=self.silences
+            )
             await self.store.record_digest(digest.id, jobs, now=self.clock())
             self._count_quieted(jobs)
             self.metrics.digests_sent.labels(digest.rule).inc()

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.parser import Parser
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -45,6 +45,15 @@ from router.matching import MISSING, AllOf, MatchContext, PathCondition, compile
 from router.plugins import ChannelType, SourceType
 from router.quiet_hours import DuringMute, Mutes, MuteWindow, compile_window
 from router.ratelimit import parse_rate
+from router.redact import Redactor
+from router.sandbox import (
+    DEFAULT_LIMITS,
+    BoundedSandbox,
+    LimitExceeded,
+    RenderLimits,
+    bounded,
+    static_problems,
+)
 from router.sources import SourceConfig
 from router.templates import SUFFIX, Templates
 
@@ -167,6 +176,26 @@ class Defaults(BaseModel):
     windows: dict[str, MuteWindow] = Field(
         default_factory=dict, description="named quiet-hours windows rules and channels reuse"
     )
+    redact_keys: list[str] = Field(
+        default_factory=list,
+        description="more JSON field names whose values are masked wherever events are"
+        " shown (added to router.redact.REDACT_KEYS)",
+    )
+    render_timeout: Duration = Field(
+        2.0, le=60, description="seconds one template render or if: may take"
+    )
+    render_max_output: int = Field(
+        1_000_000,
+        ge=1_000,
+        le=100_000_000,
+        description="the longest string or list a render may build, the most it may print"
+        " and the most loop iterations and calls it may make",
+    )
+
+    @property
+    def limits(self) -> RenderLimits:
+        """The render limits these defaults set."""
+        return RenderLimits(timeout=self.render_timeout, max_output=self.render_max_output)
 
 
 class CanvasConfig(BaseModel):
@@ -238,6 +267,7 @@ class Rule:
     expression: Callable[..., Any] | None
     throttle: Throttle | None
     mutes: Mutes | None = None  # quiet hours, when the rule has ``mute:``
+    limits: RenderLimits = DEFAULT_LIMITS
 
     @property
     def name(self) -> str:
@@ -263,12 +293,19 @@ class Rule:
             names.append(self.spec.recipients)
         return names
 
-    def explain(self, ctx: MatchContext) -> str | None:
-        """None when the rule's conditions hold for this event, else the first reason."""
+    def explain(self, ctx: MatchContext, *, strict: bool = False) -> str | None:
+        """None when the rule's conditions hold for this event, else the first reason.
+        ``strict``: an ``if:`` over its limits raises ``LimitExceeded`` (its delivery
+        fails) instead of being a reason not to fire."""
         reason = self.condition.explain(ctx)
         if reason is None and self.expression is not None:
             try:
-                ok = bool(self.expression(**expression_vars(ctx)))
+                with bounded(self.limits):
+                    ok = bool(self.expression(**expression_vars(ctx)))
+            except LimitExceeded as exc:
+                if strict:
+                    raise LimitExceeded(f"rule {self.name!r} if: {exc}") from None
+                return f"if: {self.spec.if_!r} failed: {exc}"
             except Exception as exc:
                 return f"if: {self.spec.if_!r} failed: {type(exc).__name__}: {exc}"
             reason = None if ok else f"if: {self.spec.if_!r} is false"
@@ -412,6 +449,10 @@ class RuleSet:
                 self._buckets[event_name] = bucket
         return bucket
 
+    def redactor(self) -> Redactor:
+        """Masks this file's secrets and credential-named fields (``redact_keys``)."""
+        return Redactor(self.secrets, self.defaults.redact_keys)
+
     def rule_named(self, name: str) -> Rule | None:
         """The rule with this name, if the file has one."""
         return next((rule for rule in self.rules if rule.name == name), None)
@@ -437,12 +478,22 @@ class RuleSet:
                 self._enrich[event_name] = found
         return found
 
-    def evaluate(self, event_name: str, ctx: MatchContext) -> list[Rule]:
-        """The rules that fire for this event, in file order, honouring ``continue: false``."""
+    def evaluate(
+        self, event_name: str, ctx: MatchContext, failed: dict[str, str] | None = None
+    ) -> list[Rule]:
+        """The rules that fire for this event, in file order, honouring ``continue: false``.
+        A rule whose ``if:`` went over its limits fires, with the error in ``failed``
+        (by rule name): its deliveries fail, so the dead letters show it."""
         fired = []
         for index in self._bucket(event_name).candidates(ctx.event):
             rule = self.rules[index]
-            if rule.explain(ctx) is None:
+            try:
+                reason = rule.explain(ctx, strict=True)
+            except LimitExceeded as exc:
+                reason = None
+                if failed is not None:
+                    failed[rule.name] = str(exc)
+            if reason is None:
                 fired.append(rule)
                 if not rule.spec.continue_:
                     break
@@ -632,7 +683,9 @@ def _check_rules(
                     )
                 )
             elif templates is not None and spec.template is not None:
-                problem = _template_problem(templates, spec.template, channel, channels[channel])
+                problem = _template_problem(
+                    templates, spec.template, channel, channels[channel], parsed.defaults.limits
+                )
                 if problem:
                     errors.append(source.error((*loc, "template"), problem))
         rules.append(_compile_rule(spec, loc, parsed.defaults, env, source, errors))
@@ -677,8 +730,8 @@ def _check_enrich(
         )
 
 
-def _plain_sandbox() -> SandboxedEnvironment:
-    return SandboxedEnvironment(undefined=jinja2.StrictUndefined)
+def _plain_sandbox() -> BoundedSandbox:
+    return BoundedSandbox(undefined=jinja2.StrictUndefined)
 
 
 def _compile_rule(
@@ -694,24 +747,35 @@ def _compile_rule(
 
     condition = compile_match(spec.match or {}, (*loc, "match"), error)
     expression = None
+    limits = defaults.limits
     if spec.if_ is not None:
         try:
             expression = env.compile_expression(spec.if_)
+            tree = Parser(env, spec.if_, state="variable").parse_expression()
+            for _, problem in static_problems(tree, limits):
+                error((*loc, "if"), f"over a limit: {problem}")
         except jinja2.TemplateError as exc:
             error((*loc, "if"), f"invalid expression: {exc}")
     throttle = spec.throttle or defaults.throttle
     if throttle is not None and throttle.key:
         try:
             env.from_string(throttle.key)
+            for _, problem in static_problems(env.parse(throttle.key), limits):
+                error((*loc, "throttle", "key"), f"over a limit: {problem}")
         except jinja2.TemplateError as exc:
             error((*loc, "throttle", "key"), f"invalid template: {exc}")
     mutes = _compile_mutes(spec.mute, spec.during_mute, defaults, loc, source, errors)
     return Rule(
-        spec=spec, condition=condition, expression=expression, throttle=throttle, mutes=mutes
+        spec=spec,
+        condition=condition,
+        expression=expression,
+        throttle=throttle,
+        mutes=mutes,
+        limits=limits,
     )
 
 
-def _template_errors(templates: Templates) -> list[ConfigError]:
+def _template_errors(templates: Templates, limits: RenderLimits) -> list[ConfigError]:
     """Every template in the directory must compile: the templates an event name picks
     at run time are not named in the rules, and must not fail at 3 a.m. either."""
     if not templates.directory.is_dir():
@@ -719,7 +783,7 @@ def _template_errors(templates: Templates) -> list[ConfigError]:
         return [ConfigError(str(templates.directory), 1, 1, "", message)]
     found = []
     for name in templates.names():
-        problem = templates.problem(name)
+        problem = templates.problem(name, limits)
         if problem is not None:
             line, message = problem
             found.append(ConfigError(str(templates.directory / name), line, 1, "", message))
@@ -727,7 +791,11 @@ def _template_errors(templates: Templates) -> list[ConfigError]:
 
 
 def _template_problem(
-    templates: Templates, template: str, channel: str, entry: dict[str, Any]
+    templates: Templates,
+    template: str,
+    channel: str,
+    entry: dict[str, Any],
+    limits: RenderLimits,
 ) -> str | None:
     candidates = templates.candidates(template, "", str(entry.get("type")))
     found = [name for name in candidates if (templates.directory / name).is_file()]
@@ -737,7 +805,7 @@ def _template_problem(
             f" (looked for {', '.join(candidates)} in {templates.directory})"
             + _suggest(template, _template_bases(templates))
         )
-    return templates.check(found[0])
+    return templates.check(found[0], limits)
 
 
 def _template_bases(templates: Templates) -> list[str]:
@@ -786,7 +854,7 @@ def load_rules(
         secrets.update(secret_values(parsed.canvas))
     rules = _check_rules(parsed.rules, parsed, source, templates, errors)
     if templates is not None:
-        errors.extend(_template_errors(templates))
+        errors.extend(_template_errors(templates, parsed.defaults.limits))
     warnings = (
         _source_warnings(sources, source)
         + _event_name_warnings(rules, source)

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = Field(None, description="required JWT issuer")
     require_signed: bool = Field(False, description="accept only JWT-signed deliveries")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body")
+    read_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a client has to send a request's headers, and then its body;"
+        " also how long an idle connection stays open",
+    )
     max_batch_items: int = Field(1000, ge=1, description="most events in one request")
     dedupe_window: float = Field(86400.0, ge=0, description="seconds a repeated event is dropped")
     max_attempts: int = Field(10, ge=1, description="delivery attempts before dead-lettering")
@@ -63,11 +69,22 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="SQLite fsync policy (FULL survives power loss)"
     )
+    public_url: str | None = Field(
+        None,
+        description="the URL people reach the router at (https:// makes the status page's"
+        " cookie Secure behind a TLS-terminating proxy)",
+    )
     admin_token: SecretStr | None = Field(
         None, description="bearer token for the admin API under /-/ (off when unset)"
     )
     reload_poll: float = Field(
         2.0, ge=0, description="seconds between checks for changed rules/templates (0: off)"
+    )
+    reload_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a reload may spend reading and validating the files before it"
+        " is abandoned (the running rules stay)",
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["auto", "json", "text"] = Field("auto", description="log line format")

@@ -11,15 +11,26 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
 from router.caliper import caliper_name, is_caliper_event
 from router.filters import builtin_filters
+from router.sandbox import DEFAULT_LIMITS, BoundedSandbox, RenderLimits, bounded, static_problems
 
 __all__ = ["RenderError", "Rendered", "Templates", "builtin_templates", "template_context"]
 
 SUFFIX = ".j2"
+#: Template lookups remembered: event names are chosen by clients, so the cache is bounded.
+RESOLVED_CACHE = 4096
+
+
+def _is_file(path: Path) -> bool:
+    """Whether a template file exists; a name the file system refuses (too long, a NUL)
+    is a template that does not exist, so the defaults apply."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def builtin_templates() -> Path:
@@ -69,9 +80,10 @@ _RENDERED_BLOCKS: "weakref.WeakKeyDictionary[jinja2.runtime.Context, dict[str, s
 )
 
 
-class EventSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox (templates cannot change the event other templates
-    see), with fast paths for reading event data, which is plain dicts:
+class EventSandbox(BoundedSandbox):
+    """The bounded, immutable sandbox (templates cannot change the event other templates
+    see, nor run or grow without limit: ``router.sandbox``), with fast paths for reading
+    event data, which is plain dicts:
 
     - ``body.user`` looks up the key first, so a field named like a dict method
       (``items``) means the field, and a dotted name costs no AttributeError;
@@ -157,6 +169,7 @@ class Templates:
             )
             for autoescape in (False, True)
         )
+        # Keyed by event name, which any client chooses: bounded (see _first).
         self._resolved: dict[tuple[str | None, str, str], str] = {}
         self._extends: dict[str, bool] = {}
         self._existing: dict[str, bool] = {}
@@ -204,24 +217,28 @@ class Templates:
         names = candidates(*key)
         for name in names:
             if self.is_template(name):
-                self._resolved[key] = name
+                if len(self._resolved) < RESOLVED_CACHE:
+                    self._resolved[key] = name
                 return name
         raise RenderError(f"no template found in {self.directory} (tried {', '.join(names)})")
 
-    def check(self, name: str) -> str | None:
+    def check(self, name: str, limits: RenderLimits = DEFAULT_LIMITS) -> str | None:
         """Compile a template; return an error naming file and line, or None."""
-        problem = self.problem(name)
+        problem = self.problem(name, limits)
         return None if problem is None else f"template {name} line {problem[0]}: {problem[1]}"
 
-    def problem(self, name: str) -> tuple[int, str] | None:
-        """Compile a template (unknown filters fail here too): (line, message) or None."""
+    def problem(self, name: str, limits: RenderLimits = DEFAULT_LIMITS) -> tuple[int, str] | None:
+        """Compile a template (unknown filters fail here too) and look for operations
+        already over ``limits`` (``'x' * 10**9``): (line, message) or None."""
         try:
             self.env.get_template(name)
+            source = self.env.loader.get_source(self.env, name)[0]  # type: ignore[union-attr]
+            bombs = static_problems(self.env.parse(source, name), limits)
         except jinja2.TemplateSyntaxError as exc:
             return exc.lineno, exc.message or "syntax error"
         except jinja2.TemplateError as exc:
             return 1, str(exc)
-        return None
+        return bombs[0] if bombs else None
 
     def names(self) -> list[str]:
         """Every template file in the directory."""
@@ -240,7 +257,7 @@ class Templates:
             and ".." not in parts
             and not name.startswith("/")
             and "\\" not in name
-            and (self.directory / name).is_file()
+            and _is_file(self.directory / name)
         )
 
     def first_template(self, *names: Any) -> str:
@@ -281,9 +298,15 @@ class Templates:
                 pass
         return ctx
 
-    def render(self, name: str, context: dict[str, Any]) -> Rendered:
-        """Render template ``name`` and each of its blocks, inherited ones included.
-        Raises ``RenderError``."""
+    def render(
+        self, name: str, context: dict[str, Any], limits: RenderLimits = DEFAULT_LIMITS
+    ) -> Rendered:
+        """Render template ``name`` and each of its blocks, inherited ones included,
+        within ``limits``. Raises ``RenderError`` (naming the limit when one was passed)."""
+        with bounded(limits):
+            return self._render(name, context)
+
+    def _render(self, name: str, context: dict[str, Any]) -> Rendered:
         try:
             template = self.env.get_template(name)
             ctx = self._block_context(template, name, context)

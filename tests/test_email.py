@@ -453,3 +453,20 @@ def test_config_errors(settings: dict[str, Any], error: str) -> None:
     with pytest.raises(ValidationError, match=error):
         EmailConfig.model_validate({**base, **settings})
     assert EmailConfig.model_validate({**base, "host": ""}).to == ["a@example.edu"]
+
+
+async def test_an_address_template_over_its_limits_is_a_dead_letter(
+    service: ServiceFactory, smtp: SmtpFactory, store_db: StoreDB
+) -> None:
+    # Issue 18: the email channel's own templates are bounded too (they render on the
+    # event loop), and nothing in them is evaluated when the rules file loads.
+    mailbox, controller = smtp()
+    client = await service(
+        email_rules(controller.port, to="\"{{ 'x' * 1000000000 }}@example.edu\"")
+    )
+    await client.post("/events", json=example("course_completed"))
+    await until(lambda: first_state(store_db) == "dead")
+    [row] = deliveries(store_db)
+    assert row["last_error"].startswith("cannot render to: LimitExceeded: a repeated sequence")
+    assert "render_max_output (100000)" in row["last_error"]
+    assert mailbox.received == []

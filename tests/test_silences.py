@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from router.cli import cli
-from router.http.auth import COOKIE, csrf_value, session_value
+from router.http.auth import COOKIE, csrf_value
+from router.http.keys import SESSION_KEY
 from router.matching import MatchContext
 from router.routing import RoutingWorker
 from router.silence_requests import new_silence
@@ -194,18 +195,24 @@ async def test_admin_api_silences_survive_a_restart(
     assert resp.status == 400 and "state" in (await resp.json())["error"]
 
 
+async def login(client: Any) -> str:
+    """Log in as a browser does (the cookie jar keeps the session cookie); return the
+    CSRF value of that session."""
+    assert (await client.get(f"/?token={TOKEN}", allow_redirects=False)).status == 303
+    [cookie] = [c for c in client.session.cookie_jar if c.key == COOKIE]
+    return csrf_value(client.app[SESSION_KEY], cookie.value.split(".")[0])
+
+
 async def test_status_page_form_adds_and_expires_silences_with_csrf(
     service: ServiceFactory, receiver: WebhookReceiver
 ) -> None:
     client = await service(rules(receiver.url), admin_token=TOKEN)
-    client.session.cookie_jar.update_cookies({COOKIE: session_value(TOKEN)})
+    csrf = await login(client)
     form = {"rule": "completed", "for": "30m", "comment": "holiday"}
     # Without the page's CSRF field, the cookie alone is not enough.
     resp = await client.post("/-/silences", data=form, allow_redirects=False)
     assert resp.status == 401
-    resp = await client.post(
-        "/-/silences", data={**form, "csrf": csrf_value(TOKEN)}, allow_redirects=False
-    )
+    resp = await client.post("/-/silences", data={**form, "csrf": csrf}, allow_redirects=False)
     assert resp.status == 303
     silence_id = resp.headers["Location"].split("=", 1)[1]
     html = await (await client.get("/")).text()
@@ -216,7 +223,7 @@ async def test_status_page_form_adds_and_expires_silences_with_csrf(
         f"Added silence {silence_id}." in await (await client.get(resp.headers["Location"])).text()
     )
     resp = await client.post(
-        f"/-/silences/{silence_id}/expire", data={"csrf": csrf_value(TOKEN)}, allow_redirects=False
+        f"/-/silences/{silence_id}/expire", data={"csrf": csrf}, allow_redirects=False
     )
     assert resp.status == 303
     html = await (await client.get("/")).text()
@@ -235,14 +242,14 @@ async def test_status_page_lists_silenced_deliveries_and_replays_one(
     [silenced] = (await (await client.get("/-/deliveries?state=silenced", headers=ADMIN)).json())[
         "deliveries"
     ]
-    client.session.cookie_jar.update_cookies({COOKIE: session_value(TOKEN)})
+    csrf = await login(client)
     html = await (await client.get("/")).text()
     row = html[html.index(f'id="silenced-{silenced["id"]}"') :]
     row = row[: row.index("</tr>")]
     assert made["id"] in row and 'name="state" value="silenced"' in row
     resp = await client.post(
         "/-/dlq/replay",
-        data={"csrf": csrf_value(TOKEN), "state": "silenced", "ids": str(silenced["id"])},
+        data={"csrf": csrf, "state": "silenced", "ids": str(silenced["id"])},
         allow_redirects=False,
     )
     assert (resp.status, resp.headers["Location"]) == (303, "/?replayed=1")

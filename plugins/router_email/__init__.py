@@ -16,7 +16,6 @@ from typing import Annotated, Any
 
 import aiosmtplib
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -27,12 +26,15 @@ from pydantic import (
 )
 
 from router import (
+    BoundedSandbox,
     Channel,
     ChannelConfig,
     DeliveryError,
     Message,
     PermanentError,
+    RenderLimits,
     RetryableError,
+    bounded,
     hookimpl,
 )
 
@@ -43,7 +45,11 @@ log = logging.getLogger(__name__)
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SPEC = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _ADDRESS = re.compile(rf'(?P<bare>{_SPEC})|(?:"[^"\\]*"|[^"<>@,;:\\]*?)\s*<(?P<spec>{_SPEC})>')
-_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+# Addresses and subjects are rendered in send(), on the event loop: small limits keep a
+# careless template from holding it (and the bounded sandbox folds no constants when a
+# config is validated).
+_ENV = BoundedSandbox(undefined=jinja2.StrictUndefined, autoescape=False)
+_LIMITS = RenderLimits(timeout=0.1, max_output=100_000)
 _compile = functools.lru_cache(maxsize=512)(_ENV.from_string)
 
 
@@ -148,7 +154,8 @@ class EmailChannel(Channel):
         if not _templated(source):
             return source
         try:
-            return _compile(source).render(context)
+            with bounded(_LIMITS):
+                return _compile(source).render(context)
         except Exception as exc:
             raise PermanentError(f"cannot render {field}: {type(exc).__name__}: {exc}") from None
 

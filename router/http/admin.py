@@ -19,7 +19,7 @@ from router.delivery_queries import (
     parse_state,
     record_dict,
 )
-from router.http.auth import FORM_TYPES
+from router.http.auth import FORM_TYPES, BadForm, read_form
 from router.http.keys import DISPATCHER, LIVE, ROUTING, STORE
 from router.redact import Redactor
 from router.silence_requests import new_silence, silence_dict
@@ -29,7 +29,7 @@ __all__ = ["setup_admin_routes"]
 
 
 def _redactor(request: web.Request) -> Redactor:
-    return Redactor(request.app[LIVE].router.rules.secrets)
+    return request.app[LIVE].router.rules.redactor()
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -85,6 +85,8 @@ async def get_dead_letter(request: web.Request) -> web.Response:
         delivery_id = int(request.match_info["id"])
     except ValueError:
         return _json({"error": "a dead letter id is a number"}, status=400)
+    if not 0 <= delivery_id < 2**63:  # the stores' integer range
+        return _json({"error": f"no dead letter {delivery_id}"}, status=404)
     detail = await request.app[STORE].get_delivery(delivery_id)
     if detail is None or detail.record.state != "dead":
         return _json({"error": f"no dead letter {delivery_id}"}, status=404)
@@ -102,7 +104,10 @@ async def _selector(request: web.Request) -> tuple[Selector, bool]:
     """The selector of a replay/purge request, and whether it came from an HTML form."""
     now = time.time()
     if request.content_type in FORM_TYPES:
-        form = await request.post()
+        try:
+            form = await read_form(request)
+        except BadForm as exc:
+            raise BadQuery(str(exc)) from None
         data: dict[str, Any] = {key: form.get(key) for key in form if key != "ids"}
         if "ids" in form:
             data["ids"] = form.getall("ids")
@@ -154,7 +159,10 @@ async def post_purge(request: web.Request) -> web.Response:
 async def _fields(request: web.Request) -> tuple[dict[str, Any], bool]:
     """A request's fields (a JSON object, or an HTML form), and whether it was a form."""
     if request.content_type in FORM_TYPES:
-        form = await request.post()
+        try:
+            form = await read_form(request)
+        except BadForm as exc:
+            raise BadQuery(str(exc)) from None
         return {key: form.get(key) for key in form}, True
     try:
         body = orjson.loads(await request.read() or b"{}")

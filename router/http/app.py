@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -24,11 +25,14 @@ from router.http.keys import (
     PRESSURE,
     RELOAD,
     ROUTING,
+    SESSION_KEY,
     SETTINGS,
     SOURCES,
     STORE,
+    STORE_HEALTH,
 )
 from router.http.metrics import metrics_handler
+from router.http.openapi import openapi_json
 from router.http.reload import post_reload, reload_ctx
 from router.http.status import status_page
 from router.logs import update_redactor
@@ -43,6 +47,7 @@ from router.routing import RoutingWorker, build_router
 from router.settings import Settings
 from router.source_manager import IngestGate, SourceManager
 from router.store import StoreOpenError, open_store
+from router.store.health import StoreHealth
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,8 @@ def create_app(settings: Settings, *, plugins: Plugins | None = None) -> web.App
     )
     app[LIVE] = Live(build_router(settings, app[PLUGINS]))
     app[DRAINING] = asyncio.Event()
+    app[STORE_HEALTH] = StoreHealth()
+    app[SESSION_KEY] = secrets.token_bytes(32)
     app[PRESSURE] = IngestPressure(settings.background_share)
     app[RELOAD] = ReloadStatus(warnings=[str(w) for w in app[LIVE].router.rules.warnings])
     app[METRICS] = Metrics()
@@ -84,6 +91,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/", status_page)
     if app[SETTINGS].admin_token is not None:  # the admin API is off unless configured
         app.router.add_post("/-/reload", admin_only(post_reload))
@@ -92,7 +100,7 @@ def setup_routes(app: web.Application) -> None:
 
 def redactor(app: web.Application) -> Redactor:
     """The redactor for the rules currently loaded."""
-    return Redactor(app[LIVE].router.rules.secrets)
+    return app[LIVE].router.rules.redactor()
 
 
 async def redact_logs(app: web.Application) -> None:

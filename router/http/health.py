@@ -6,7 +6,7 @@ import time
 from aiohttp import web
 
 from router.http.ingest import problem
-from router.http.keys import DRAINING, LIVE, RELOAD, SOURCES, STORE
+from router.http.keys import DRAINING, LIVE, RELOAD, SOURCES, STORE, STORE_HEALTH
 from router.silences import describe
 
 __all__ = ["healthz", "readyz"]
@@ -33,6 +33,9 @@ async def readyz(request: web.Request) -> web.Response:
         return problem(
             503, f"store unreachable: {type(exc).__name__}", state="unready", sources=sources
         )
+    failing = app[STORE_HEALTH].problem()
+    if failing is not None:  # readable, but not writable (a full disk)
+        return problem(503, failing, state="unready", sources=sources)
     return web.json_response(
         {
             "state": "ready",

@@ -5,6 +5,7 @@ Accepted bodies: one event object, a JSON array of events, NDJSON
 are the event. Every rejection says exactly what was wrong.
 """
 
+import asyncio
 import hmac
 import logging
 import math
@@ -22,7 +23,16 @@ from router.events import (
     TooManyItems,
     parse_body,
 )
-from router.http.keys import DRAINING, JWKS, METRICS, PRESSURE, ROUTING, SETTINGS, STORE
+from router.http.keys import (
+    DRAINING,
+    JWKS,
+    METRICS,
+    PRESSURE,
+    ROUTING,
+    SETTINGS,
+    STORE,
+    STORE_HEALTH,
+)
 from router.routing import RoutingWorker
 from router.store import Store
 
@@ -33,6 +43,8 @@ NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl
 JWT_TYPES = {"application/jwt", "application/jose"}
 # What a sender that does not label its body may use; the body says which it is.
 PLAIN_TYPES = {"text/plain"}
+# What aiohttp decodes without optional packages ("" and identity: not encoded).
+CONTENT_ENCODINGS = {"", "identity", "gzip", "deflate"}
 
 
 def problem(status: int, message: str, **extra: object) -> web.Response:
@@ -95,6 +107,7 @@ class Ingest:
         self.metrics = app[METRICS]
         self.pressure = app[PRESSURE]
         self.draining = app[DRAINING]
+        self.store_health = app[STORE_HEALTH]
         token = settings.ingest_token
         self._token = None if token is None else token.get_secret_value().encode()
 
@@ -145,6 +158,7 @@ class Ingest:
                 now=time.time(),
             )
         except Exception as exc:  # a full disk, a lost database: the sender must retry
+            self.store_health.failed(exc)
             log.error("events not stored: %s: %s", type(exc).__name__, exc)
             metrics.store_failed.inc()
             # Only the type: a database's message is for the log, not for whoever posted.
@@ -156,6 +170,7 @@ class Ingest:
                 status=503,
                 headers={"Retry-After": "5"},
             )
+        self.store_health.succeeded()
         self.routing.wake()
         duplicates = sum(answer.duplicate for answer in accepted)
         if log.isEnabledFor(logging.INFO):
@@ -187,10 +202,31 @@ class Ingest:
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return problem(413, f"body is {request.content_length} bytes; the limit is {limit}")
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in CONTENT_ENCODINGS:
+            return problem(
+                415,
+                f"unsupported Content-Encoding {encoding!r}; send gzip, deflate or none",
+            )
+        timeout = self.settings.read_timeout
         try:
-            return await request.read()  # the app's client_max_size is the same limit
+            async with asyncio.timeout(timeout):
+                return await request.read()  # the app's client_max_size is the same limit
         except web.HTTPRequestEntityTooLarge:
             return problem(413, f"body exceeds the limit of {limit} bytes")
+        except web.RequestPayloadError:
+            # aiohttp could not decode the body: labelled gzip or deflate, but it is not.
+            return problem(400, f"the body is not valid {encoding or 'chunked'} data")
+        except TimeoutError:
+            answer = problem(408, f"the body did not arrive within {timeout:g}s")
+            answer.force_close()
+            # Answer, then close at once: aiohttp would otherwise linger, reading the
+            # rest of the stalled body for seconds more.
+            await answer.prepare(request)
+            await answer.write_eof()
+            if request.transport is not None:
+                request.transport.close()
+            return answer
 
     async def _events_from(
         self, request: web.Request, data: bytes

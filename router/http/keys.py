@@ -15,6 +15,7 @@ from router.routing import RoutingWorker
 from router.settings import Settings
 from router.source_manager import SourceManager
 from router.store import Store
+from router.store.health import StoreHealth
 
 __all__ = [
     "DISPATCHER",
@@ -27,15 +28,18 @@ __all__ = [
     "PRESSURE",
     "RELOAD",
     "ROUTING",
+    "SESSION_KEY",
     "SETTINGS",
     "SOURCES",
     "STORE",
+    "STORE_HEALTH",
 ]
 
 SETTINGS = web.AppKey("settings", Settings)
 PLUGINS = web.AppKey("plugins", Plugins)
 LIVE = web.AppKey("live", Live)
 STORE = web.AppKey("store", Store)
+STORE_HEALTH = web.AppKey("store_health", StoreHealth)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 JWKS = web.AppKey("jwks", JwksVerifier | None)
 ROUTING = web.AppKey("routing", RoutingWorker)
@@ -45,3 +49,5 @@ PRESSURE = web.AppKey("pressure", IngestPressure)
 METRICS = web.AppKey("metrics", Metrics)
 SOURCES = web.AppKey("sources", SourceManager)
 RELOAD = web.AppKey("reload", ReloadStatus)
+#: Signs the status page's session cookies; random at each start (a restart revokes them).
+SESSION_KEY = web.AppKey("session_key", bytes)

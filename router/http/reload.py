@@ -24,7 +24,8 @@ async def reload_now(app: web.Application, trigger: str) -> ReloadStatus:
         app[RELOAD],
         lambda: build_router(settings, plugins),
         trigger,
-        app[SOURCES] if SOURCES in app else None,
+        sources=app[SOURCES] if SOURCES in app else None,
+        give_up_after=settings.reload_timeout,
     )
 
 

@@ -20,7 +20,15 @@ from aiohttp import web
 
 from router import __version__
 from router.history import preview
-from router.http.auth import COOKIE, bearer_ok, cookie_ok, csrf_value, same, session_value
+from router.http.auth import (
+    COOKIE,
+    SESSION_SECONDS,
+    bearer_ok,
+    cookie_session,
+    csrf_value,
+    same,
+    session_value,
+)
 from router.http.keys import (
     DISPATCHER,
     LIVE,
@@ -28,11 +36,11 @@ from router.http.keys import (
     PLUGINS,
     RELOAD,
     ROUTING,
+    SESSION_KEY,
     SETTINGS,
     SOURCES,
     STORE,
 )
-from router.redact import Redactor
 from router.silences import describe
 
 __all__ = ["status_page"]
@@ -120,18 +128,23 @@ async def status_page(request: web.Request) -> web.Response:
                 return _login("That token is not the admin token.")
             # Trade the token in the URL for a cookie, and the URL for a clean one.
             redirect = web.HTTPSeeOther("/")
+            public = app[SETTINGS].public_url or ""
             redirect.set_cookie(
                 COOKIE,
-                session_value(token),
+                session_value(app[SESSION_KEY], time.time()),
+                max_age=SESSION_SECONDS,
                 httponly=True,
                 samesite="Strict",
-                secure=request.secure,
+                # Behind a TLS-terminating proxy the request itself is plain HTTP.
+                secure=request.secure or public.lower().startswith("https://"),
                 path="/",
             )
             raise redirect
-        if not (bearer_ok(request, token) or cookie_ok(request, token)):
+        nonce = cookie_session(request)
+        if nonce is None and not bearer_ok(request, token):
             return _login("This page needs the admin token.")
-        csrf = csrf_value(token)
+        # The forms need the session (a browser form carries no Authorization header).
+        csrf = None if nonce is None else csrf_value(app[SESSION_KEY], nonce)
     return _html("status.html", **await _context(app, request, csrf))
 
 
@@ -140,7 +153,7 @@ async def _context(app: web.Application, request: web.Request, csrf: str | None)
     store = app[STORE]
     metrics = app[METRICS]
     rules = app[LIVE].router.rules
-    redact = Redactor(rules.secrets)
+    redact = rules.redactor()
     queues = await metrics.refresh(store, now=now)
     totals = metrics.totals()
     uptime = max(1.0, now - metrics.started_at)
