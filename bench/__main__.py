@@ -328,6 +328,29 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def run_compare(args: argparse.Namespace, names: list[str]) -> int:
+    from bench import compare
+
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
+    result = compare.compare(
+        args.compare,
+        names,
+        args.quick,
+        args.rounds,
+        args.cache_dir or compare.default_cache(),
+        args.reuse_venv,
+    )
+    print()
+    print(compare.markdown(result))
+    broken = [f"{side}: {b}" for side, items in result["broken"].items() for b in items]
+    print(f"\n{result['rounds']} rounds per side", end="")
+    print(f"; broken: {', '.join(broken)}" if broken else "")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 1 if broken else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -339,6 +362,27 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--full", action="store_true", help="the real figures (default)")
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
+    parser.add_argument(
+        "--compare",
+        metavar="REF",
+        help="run the suite for the working tree and for this git ref, interleaved;"
+        " print new/old per figure",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="--compare: rounds per side (default 2)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="--compare: where the ref's worktree and venv are kept, by commit"
+        " (default ~/.cache/router-bench)",
+    )
+    parser.add_argument(
+        "--reuse-venv",
+        action="store_true",
+        help="--compare: run the ref on this venv, its tree first on PYTHONPATH (no"
+        " install; only when its dependencies and entry points are the same)",
+    )
     args = parser.parse_args(argv)
     names = list(SCENARIOS)
     if args.only:
@@ -347,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown scenario(s): {', '.join(unknown)}")
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+    if args.compare:
+        return run_compare(args, names)
     started = time.perf_counter()
     rows, details, broken = run_scenarios(names, args.quick)
     total = time.perf_counter() - started
