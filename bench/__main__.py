@@ -13,7 +13,13 @@ Scenarios (each bounded in time; all traffic on 127.0.0.1):
 3. ``delivery``: dispatcher vs Apprise to one receiver (``bench.delivery``);
 4. ``rules``: rule evaluation with 10 vs 10,000 rules (``bench.rules``);
 5. ``backlog``: receiver down while N events arrive, then up (``bench.backlog``);
-6. ``micro``: template rendering and ``parse_body`` µs per message (``bench.micro``).
+6. ``micro``: template rendering and ``parse_body`` µs per message (``bench.micro``);
+7. ``sqs``: the SQS source vs HTTP ingest, send to delivery (``bench.sqs``; skipped
+   without moto);
+8. ``chat``: each chat channel vs the webhook channel (``bench.chat``).
+
+``--compare REF`` runs the chosen scenarios for the working tree and for REF,
+interleaved, and prints new/old per figure (``bench.compare``).
 
 Prints one markdown table (scenario | ours | reference | ratio | target | met?) and
 writes the same rows, plus each scenario's details, as JSON with ``--json``. Exits
@@ -24,6 +30,7 @@ never because a target was missed.
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -36,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-SCENARIOS = ("ingest", "e2e", "delivery", "rules", "backlog", "micro")
+SCENARIOS = ("ingest", "e2e", "delivery", "rules", "backlog", "micro", "sqs", "chat")
 DASH = "—"
 # The router's flood capacity (req/s) measured by the ingest scenario of this run.
 FLOOD: dict[str, float] = {}
@@ -298,6 +305,59 @@ def scenario_micro(quick: bool, tmp: Path) -> tuple[list[Row], dict[str, Any], b
     return rows, data, True
 
 
+def scenario_sqs(quick: bool, tmp: Path) -> tuple[list[Row], dict[str, Any], bool]:
+    if importlib.util.find_spec("moto") is None:  # a test dependency, not the router's
+        return [row("7. SQS source vs HTTP ingest", "skipped: moto is not installed")], {}, True
+    from bench import sqs
+
+    out = tmp / "sqs.json"
+    argv = ["--json", str(out)] + (["--quick"] if quick else [])
+    code, text = quiet_call(lambda: sqs.main(argv))
+    if not out.exists():
+        raise RuntimeError(f"bench.sqs wrote no results (exit {code}):\n{text[-2000:]}")
+    data = json.loads(out.read_text())
+    got, http = data["sqs"], data["http"]
+    rows = [
+        row(
+            "7. SQS source vs HTTP ingest (events/s, send -> webhook arrival)",
+            f"{got['per_s']:,.0f}/s ({got['arrived']}/{got['events']} arrived)",
+            f"{http['per_s']:,.0f}/s ({http['arrived']}/{http['events']} arrived)",
+            data["ratio"],
+            "none: reported (moto, not AWS)",
+        )
+    ]
+    return rows, {**data, "log": text}, code == 0
+
+
+CHAT_ROW = re.compile(
+    r"^\| (\w+) \| (\d+) \| (\d+) \| [\d.]+ \| ([\d,]+) \| ([\d,]+) \| ([\d.]+|—) \|$", re.M
+)
+
+
+def scenario_chat(quick: bool, tmp: Path) -> tuple[list[Row], dict[str, Any], bool]:
+    from bench import chat
+
+    argv = ["--n", "60"] if quick else []
+    code, text = quiet_call(lambda: chat.main(argv))
+    found = {m[0]: m[1:] for m in CHAT_ROW.findall(text)}
+    if "webhook" not in found or len(found) != len(chat.TARGETS):
+        raise RuntimeError(f"bench.chat output not understood (exit {code}):\n{text[-2000:]}")
+    per_s = {name: float(v[3].replace(",", "")) for name, v in found.items()}
+    cpu = {name: float(v[2].replace(",", "")) for name, v in found.items()}
+    rows = [
+        row(
+            f"8. {name} channel vs webhook (notifications/s)",
+            f"{per_s[name]:,.0f}/s ({cpu[name]:,.0f} µs of CPU each)",
+            f"{per_s['webhook']:,.0f}/s ({cpu['webhook']:,.0f} µs each)",
+            per_s[name] / per_s["webhook"],
+            "none: reported",
+        )
+        for name in found
+        if name != "webhook"
+    ]
+    return rows, {"per_s": per_s, "cpu_us": cpu, "log": text}, code == 0
+
+
 RUNNERS = {
     "ingest": scenario_ingest,
     "e2e": scenario_e2e,
@@ -305,6 +365,8 @@ RUNNERS = {
     "rules": scenario_rules,
     "backlog": scenario_backlog,
     "micro": scenario_micro,
+    "sqs": scenario_sqs,
+    "chat": scenario_chat,
 }
 
 
